@@ -1,0 +1,1 @@
+"""Distillation terms (methods). Each module registers its terms in ``kdlab.registry.TERMS``."""

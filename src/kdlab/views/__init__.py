@@ -1,0 +1,1 @@
+"""Batched augmentation views computed on the device."""
