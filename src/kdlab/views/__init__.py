@@ -1,1 +1,6 @@
 """Batched augmentation views computed on the device."""
+
+from kdlab.views import basic  # noqa: F401  (registers crop, flip, crop_flip)
+from kdlab.views.basic import Crop, CropFlip, Flip, View, normalize
+
+__all__ = ["Crop", "CropFlip", "Flip", "View", "normalize"]

@@ -1,0 +1,141 @@
+"""The ``kdlab`` command: run | list | report | demo | export.
+
+User errors (KDLabError) are printed as one line with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kdlab.errors import KDLabError
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        if "-" in text and "," not in text:
+            lo, hi = text.split("-")
+            return list(range(int(lo), int(hi) + 1))
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must look like 0,1,2 or 0-4, got {text!r}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kdlab.engine import resume_run, run_recipe
+    from kdlab.recipe import load_recipe
+
+    if args.resume:
+        resume_run(args.resume)
+        return 0
+    if not args.recipe:
+        raise KDLabError("kdlab run needs a RECIPE file (or --resume RUN_DIR)")
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out={args.out}")
+    base = load_recipe(args.recipe, overrides)
+    for seed in args.seeds or [base.seed]:
+        recipe = base.model_copy(update={"seed": seed})
+        run_recipe(recipe, existing="overwrite" if args.force else "resume")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kdlab.registry import DATASETS, MODELS, TERMS, VIEWS
+
+    registries = {"methods": TERMS, "models": MODELS, "datasets": DATASETS, "views": VIEWS}
+    kinds = [args.what] if args.what else list(registries)
+    console = Console()
+    for kind in kinds:
+        table = Table(title=kind, show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        table.add_column("paper")
+        for e in registries[kind].entries():
+            table.add_row(e.name, e.description, e.paper)
+        console.print(table)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kdlab.report import write_report
+
+    out = write_report(args.runs, args.out, baseline=args.baseline)
+    print(out["markdown"])
+    print(f"\nwritten: {', '.join(str(f) for f in out['files'])}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kdlab.demo import run_demo
+
+    run_demo(out=args.out, seeds=args.seeds, force=args.force)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdlab.export import export_run
+
+    path = export_run(args.run, args.out, weights=args.weights)
+    print(f"exported student weights (no teacher, no connectors) to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation toolkit.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train a recipe (one run folder per seed; resumes unfinished runs)")
+    r.add_argument("recipe", nargs="?", help="recipe file (.yaml/.yml/.toml)")
+    r.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.lr=0.1 objective.kd.tau=2")
+    r.add_argument("--seeds", type=_seeds, help="seeds to run, e.g. 0,1,2 or 0-4 (default: the recipe's seed)")
+    r.add_argument("--out", help="parent folder of run folders (overrides the recipe's `out`)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("--force", action="store_true", help="start over even if the run folder holds a run")
+    r.set_defaults(fn=cmd_run)
+
+    ls = sub.add_parser("list", help="list registered methods, models, datasets or views")
+    ls.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "views"])
+    ls.set_defaults(fn=cmd_list)
+
+    rep = sub.add_parser("report", help="aggregate run folders into a Markdown/CSV table and PNG plots")
+    rep.add_argument("runs", nargs="+", help="run folders, or folders that contain run folders")
+    rep.add_argument("--out", default="report", help="output folder (default: report)")
+    rep.add_argument("--baseline", help="label of the baseline row for the gain column (e.g. ce)")
+    rep.set_defaults(fn=cmd_report)
+
+    d = sub.add_parser("demo", help="the default demo: teacher, then CE vs KD students over seeds, offline")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--seeds", type=_seeds, default=[0, 1, 2])
+    d.add_argument("--force", action="store_true", help="retrain everything, including the teacher")
+    d.set_defaults(fn=cmd_demo)
+
+    e = sub.add_parser("export", help="write a run's bare student weights (safetensors)")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--out", required=True, help="output .safetensors file")
+    e.add_argument("--weights", choices=["final", "best"], default="final")
+    e.set_defaults(fn=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KDLabError as e:
+        print(f"kdlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdlab: interrupted; resume with `kdlab run --resume RUN_DIR` (the last epoch checkpoint is kept)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["main", "build_parser"]

@@ -1,0 +1,160 @@
+"""From a recipe to a finished run folder: build data, models and teachers, train, write the summary.
+
+Run folder: ``recipe.yaml`` (resolved), ``env.json`` (versions, git commit, device, command),
+``metrics.jsonl``, ``tb/``, ``checkpoint.safetensors`` (resume point), ``best.safetensors`` and
+``student.safetensors`` (bare student weights), ``summary.json`` (final and best metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from kdlab.engine.checkpoint import atomic_write
+from kdlab.engine.trainer import CHECKPOINT, Trainer, load_checkpoint
+from kdlab.errors import KDLabError
+from kdlab.recipe import ModelSpec, Recipe, TeacherSpec, load_recipe
+from kdlab.teacher import Teacher, load_weights
+
+Existing = Literal["resume", "error", "overwrite", "skip"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise KDLabError(f"train.device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise KDLabError("train.device: cuda requested but no CUDA device is available (use auto or cpu)")
+    return dev
+
+
+def set_threads(threads: int | None) -> None:
+    """CPU threads: the recipe's value, else $KDLAB_THREADS, else torch's default (one per core)."""
+    n = threads or int(os.environ.get("KDLAB_THREADS", "0") or 0)
+    if n:
+        torch.set_num_threads(n)
+
+
+def build_model_for(spec: ModelSpec, dataset: Any) -> torch.nn.Module:
+    from kdlab.models import build_model
+
+    return build_model(spec.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape, **spec.kwargs)
+
+
+def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quiet: bool = True) -> Teacher:
+    """A frozen teacher from a run folder (trained first from ``spec.recipe`` if it is not finished yet),
+    or from a model spec with an optional checkpoint (a factory model brings its own weights)."""
+    if spec.run is not None:
+        run = Path(spec.run)
+        if not (run / "summary.json").exists():
+            if spec.recipe is None:
+                raise KDLabError(f"teacher run {run} has no finished training (no summary.json); "
+                                 "train it with `kdlab run` or give `teacher.recipe:` to train it here")
+            run_recipe(load_recipe(spec.recipe), run_dir=run, existing="resume", quiet=quiet)
+        trec = load_recipe(run / "recipe.yaml")
+        model = build_model_for(trec.student, dataset)
+        load_weights(model, run / ("best.safetensors" if spec.weights == "best" else "student.safetensors"))
+    else:
+        assert spec.model is not None
+        model = build_model_for(spec.model, dataset)
+        if spec.checkpoint is not None:
+            load_weights(model, spec.checkpoint)
+    return Teacher(model, list(spec.taps), name=name)
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    import numpy as np
+
+    import kdlab
+
+    env: dict[str, Any] = {
+        "kdlab": kdlab.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "numpy": np.__version__, "platform": platform.platform(), "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+        "argv": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            env["git_commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5)
+            env["git_dirty"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return env
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: Existing = "resume",
+               callbacks: Sequence[Any] = (), quiet: bool = False) -> dict[str, Any]:
+    """Train one recipe (one seed) into its run folder and return the summary.
+
+    ``existing`` says what to do with a folder that already holds a run of this recipe: resume it (and
+    return a finished one as is), skip (return it only if finished), overwrite it, or raise.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else recipe.run_dir()
+    summary_path = run_dir / "summary.json"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        saved = run_dir / "recipe.yaml"
+        if existing == "overwrite":
+            shutil.rmtree(run_dir)
+        elif existing == "error":
+            raise KDLabError(f"run folder {run_dir} exists; resume it with `kdlab run --resume {run_dir}` or pass --force")
+        elif saved.exists() and load_recipe(saved).to_dict() != recipe.to_dict():
+            raise KDLabError(f"run folder {run_dir} holds a different recipe; choose another `out`/`name` or pass --force")
+        elif summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            if summary.get("status") == "finished":
+                return summary
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = load_checkpoint(run_dir) if (run_dir / CHECKPOINT).exists() else None
+
+    set_threads(recipe.train.threads)
+    device = pick_device(recipe.train.device)
+    from kdlab.data import build_dataset
+
+    dataset = build_dataset(recipe.data.name, **recipe.data.kwargs)
+    _write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    env_path = run_dir / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}
+    env["runs"].append({**provenance(device), "resumed_from_epoch": resume["global_epoch"] if resume else None})
+    _write_text(env_path, json.dumps(env, indent=2))
+
+    torch.manual_seed(recipe.seed)  # model initialisation is a function of the seed
+    students = [build_model_for(s, dataset) for s in [recipe.student, *recipe.cohort]]
+    teachers = [load_teacher(t, dataset, name=f"teacher{i}") for i, t in enumerate(recipe.teachers)]
+    trainer = Trainer(recipe, run_dir, dataset, students, teachers, device, callbacks=callbacks)
+    summary = trainer.fit(resume=resume)
+    summary["run_dir"] = str(run_dir)
+    _write_text(summary_path, json.dumps(summary, indent=2))
+    if not quiet:
+        f, b = summary["final"], summary["best"]
+        print(f"{recipe.name} seed {recipe.seed}: top-1 last {100 * f.get('test/top1', float('nan')):.2f} "
+              f"best {100 * b.get('test/top1', float('nan')):.2f} ({summary['wall_s']:.1f} s) -> {run_dir}")
+    return summary
+
+
+def resume_run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").exists():
+        raise KDLabError(f"{run_dir} is not a kdlab run folder (no recipe.yaml)")
+    return run_recipe(load_recipe(run_dir / "recipe.yaml"), run_dir=run_dir, existing="resume", **kwargs)

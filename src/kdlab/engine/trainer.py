@@ -1,0 +1,363 @@
+"""The one training loop.
+
+Every method, every stage of a multi-stage recipe and every online cohort (DML) runs through
+``Trainer.fit``: the loop only knows students, frozen teachers, views and an objective per student.
+Reproducibility: each epoch reseeds every RNG from (seed, global epoch) and the loader draws its order
+from the same pair, so a run resumed from an epoch-end checkpoint replays the same batches and ends with
+bitwise identical weights on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdlab.capture import Capture, probe_shapes
+from kdlab.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
+from kdlab.engine.logger import RunLogger
+from kdlab.engine.metrics import classification_metrics
+from kdlab.engine.optim import build_optimizer, lr_factor
+from kdlab.errors import KDLabError
+from kdlab.methods.base import Objective, StepContext
+from kdlab.recipe import OptimSpec, Recipe, ScheduleSpec, TermSpec
+from kdlab.teacher import Teacher
+
+CHECKPOINT = "checkpoint.safetensors"
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Callback(Protocol):
+    """Optional hooks; tests use them to interrupt a run mid-epoch."""
+
+    def on_step_end(self, trainer: "Trainer", state: dict[str, Any]) -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Stage:
+    name: str
+    objective: dict[str, TermSpec]
+    optim: OptimSpec
+    schedule: ScheduleSpec
+    trainable: list[str] | None
+
+    @property
+    def epochs(self) -> int:
+        return self.schedule.total_epochs
+
+
+def plan_stages(recipe: Recipe) -> list[Stage]:
+    """The recipe's stages with inherited blocks filled in (a recipe without ``stages:`` is one stage)."""
+    if not recipe.stages:
+        return [Stage("main", recipe.objective, recipe.optim, recipe.schedule, None)]
+    out = []
+    for s in recipe.stages:
+        sched = s.schedule or recipe.schedule
+        if s.epochs is not None:
+            sched = sched.model_copy(update={"epochs": s.epochs})
+        out.append(Stage(s.name, s.objective or recipe.objective, s.optim or recipe.optim, sched, s.trainable))
+    return out
+
+
+def epoch_seed(seed: int, global_epoch: int) -> int:
+    return (seed * 1_000_003 + global_epoch * 7_919 + 17) % (2**63 - 1)
+
+
+def reseed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, run_dir: Path, dataset: Any, students: Sequence[nn.Module],
+                 teachers: Sequence[Teacher], device: torch.device, *, callbacks: Sequence[Any] = (),
+                 console: Any = None):
+        from kdlab.data import make_loader
+        from kdlab.views.basic import normalize
+
+        self.recipe, self.run_dir, self.ds, self.device = recipe, Path(run_dir), dataset, device
+        self.students = nn.ModuleList(students).to(device)
+        self.teachers = list(teachers)
+        self.callbacks = list(callbacks)
+        self.console = console
+        tr = recipe.train
+        self.autocast = AUTOCAST[tr.precision]
+        if tr.precision == "fp16" and device.type != "cuda":
+            raise KDLabError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        self.scaler = torch.amp.GradScaler("cuda") if tr.precision == "fp16" else None
+        self.memory_format = torch.channels_last if tr.channels_last and len(dataset.input_shape) == 3 else None
+        if self.memory_format is not None:
+            self.students.to(memory_format=self.memory_format)
+        for t in self.teachers:
+            t.to(device, self.memory_format)
+        if tr.compile:
+            for s in self.students:
+                s.compile()
+        self.views = [v.build() for v in recipe.data.augment]
+        self._normalize = normalize
+        self.mean = torch.tensor(dataset.mean, device=device)
+        self.std = torch.tensor(dataset.std, device=device)
+        d = recipe.data
+        self.train_loader = make_loader(dataset.train, batch_size=d.batch_size, shuffle=True, drop_last=d.drop_last,
+                                        device=device, seed=recipe.seed, resident=d.resident, num_workers=d.num_workers)
+        self.eval_loader = make_loader(dataset.test, batch_size=d.eval_batch_size, shuffle=False, drop_last=False,
+                                       device=device, seed=recipe.seed, resident=d.resident, num_workers=d.num_workers)
+        self.stages = plan_stages(recipe)
+        self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard)
+        self._teacher_eval: torch.Tensor | None = None
+        self.best: dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
+        self.wall_s = 0.0
+
+    # ------------------------------------------------------------------ building blocks
+    def prepare(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """Views (train only) in raw scale, then normalisation, on the device."""
+        if gen is not None:
+            for view in self.views:
+                x = view(x, gen)
+        x = self._normalize(x, self.mean, self.std)
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
+        return x
+
+    def _autocast(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def _build_objectives(self, stage: Stage) -> nn.ModuleList:
+        objectives = []
+        for student in self.students:
+            obj = Objective({label: spec.build() for label, spec in stage.objective.items()})
+            if obj.needs_teacher and not self.teachers:
+                need = [lbl for lbl, t in obj.terms.items() if t.needs_teacher]
+                raise KDLabError(f"objective terms {need} need a teacher: add `teacher:` to the recipe")
+            taps = obj.taps()
+            for t in self.teachers:
+                t.add_taps(list(taps.teacher))
+            s_shapes = probe_shapes(student, taps.student, self.ds.input_shape, self.device)
+            t_shapes = (probe_shapes(self.teachers[0].model, taps.teacher, self.ds.input_shape, self.device)
+                        if self.teachers else {})
+            obj.setup(s_shapes, t_shapes)
+            objectives.append(obj)
+        return nn.ModuleList(objectives).to(self.device)
+
+    def _trainable(self, stage: Stage) -> list[nn.Parameter]:
+        params = []
+        for student in self.students:
+            for name, p in student.named_parameters():
+                on = stage.trainable is None or any(name == t or name.startswith(t + ".") for t in stage.trainable)
+                p.requires_grad_(on)
+                if on:
+                    params.append(p)
+        return params
+
+    def _state_modules(self, objectives: nn.ModuleList) -> nn.ModuleDict:
+        return nn.ModuleDict({"students": self.students, "objectives": objectives})
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def teacher_eval_logits(self) -> torch.Tensor | None:
+        if not self.teachers:
+            return None
+        if self._teacher_eval is None:  # the teacher is frozen: its held-out logits are computed once
+            outs = [self.teachers[0](self.prepare(x, None)).logits.cpu() for x, _, _ in self.eval_loader.iter_epoch(0)]
+            self._teacher_eval = torch.cat(outs)
+        return self._teacher_eval
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        t_logits = self.teacher_eval_logits()
+        out: dict[str, float] = {}
+        ys = torch.cat([y.cpu() for _, y, _ in self.eval_loader.iter_epoch(0)])
+        for k, student in enumerate(self.students):
+            was = student.training
+            student.eval()
+            with self._autocast():
+                logits = torch.cat([student(self.prepare(x, None)).float().cpu()
+                                    for x, _, _ in self.eval_loader.iter_epoch(0)])
+            student.train(was)
+            m = classification_metrics(logits, ys, t_logits)
+            if k == 0:
+                out.update(m)
+            else:
+                out[f"cohort{k}/test/top1"] = m["test/top1"]
+        return out
+
+    def teacher_metrics(self) -> dict[str, float]:
+        t_logits = self.teacher_eval_logits()
+        if t_logits is None:
+            return {}
+        ys = torch.cat([y.cpu() for _, y, _ in self.eval_loader.iter_epoch(0)])
+        return classification_metrics(t_logits, ys)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+        start_stage, start_epoch, global_epoch = 0, 0, 0
+        if resume is not None:
+            start_stage, start_epoch = resume["stage"], resume["epoch"]
+            global_epoch = resume["global_epoch"]
+            self.best, self.last, self.wall_s = resume["best"], resume["last"], resume["wall_s"]
+            self.logger.truncate(global_epoch)
+        offset = sum(s.epochs for s in self.stages[:start_stage])
+        try:
+            for si in range(start_stage, len(self.stages)):
+                stage = self.stages[si]
+                objectives = self._build_objectives(stage)
+                params = self._trainable(stage) + [p for p in objectives.parameters() if p.requires_grad]
+                opt = build_optimizer(params, stage.optim)
+                first = 0
+                if resume is not None and si == start_stage:
+                    self._state_modules(objectives).load_state_dict(resume["modules"])
+                    if start_epoch < stage.epochs:
+                        opt.load_state_dict(resume["optimizer"])
+                    if self.scaler is not None and resume.get("scaler"):
+                        self.scaler.load_state_dict(resume["scaler"])
+                    set_rng_state(resume["rng"])
+                    first = start_epoch
+                captures = [Capture(s, objectives[k].taps().student) for k, s in enumerate(self.students)]
+                try:
+                    for epoch in range(first, stage.epochs):
+                        record = self._train_epoch(stage, si, epoch, offset + epoch, objectives, captures, opt)
+                        self._after_epoch(stage, si, epoch, offset + epoch, record, objectives, opt)
+                finally:
+                    for c in captures:
+                        c.remove()
+                offset += stage.epochs
+        finally:
+            self.logger.close()
+        return self.summary()
+
+    def _train_epoch(self, stage: Stage, si: int, epoch: int, g: int, objectives: nn.ModuleList,
+                     captures: list[Capture], opt: torch.optim.Optimizer) -> dict[str, Any]:
+        seed = epoch_seed(self.recipe.seed, g)
+        reseed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        self.students.train()
+        objectives.train()
+        steps = len(self.train_loader)
+        sums: dict[str, float] = {}
+        count = 0
+        t0 = time.perf_counter()
+        lr0 = stage.optim.lr
+        progress = self._progress(f"{self.recipe.name} [{stage.name}] epoch {epoch + 1}/{stage.epochs}", steps)
+        for step, (x, y, idx) in enumerate(self.train_loader.iter_epoch(g)):
+            factor = lr_factor(stage.schedule, epoch, step, steps)
+            for group in opt.param_groups:
+                group["lr"] = lr0 * factor
+            x = self.prepare(x, gen)
+            t_outs = [t(x) for t in self.teachers]
+            with self._autocast():
+                s_out = [(s(x), captures[k].pop()) for k, s in enumerate(self.students)]
+                total = x.new_zeros((), dtype=torch.float32)
+                named: dict[str, torch.Tensor] = {}
+                for k, (logits, feats) in enumerate(s_out):
+                    ctx = StepContext(
+                        x=x, y=y, idx=idx, s_logits=logits, s_feats=feats, teachers=t_outs,
+                        peers=[o[0].detach() for j, o in enumerate(s_out) if j != k],
+                        student=self.students[k], teacher_models=self.teachers,
+                        epoch=epoch, epochs=stage.epochs, step=step, steps_per_epoch=steps)
+                    loss_k, named_k = objectives[k](ctx)
+                    total = total + loss_k
+                    if k == 0:
+                        named = named_k
+            if not torch.isfinite(total):
+                raise KDLabError(f"non-finite loss at stage {stage.name!r} epoch {epoch + 1} step {step}: "
+                                 f"{ {k: float(v) for k, v in named.items()} }")
+            opt.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(total).backward()
+                self.scaler.unscale_(opt)
+            else:
+                total.backward()
+            if self.recipe.train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]],
+                                               self.recipe.train.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                opt.step()
+            n = len(y)
+            count += n
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
+            for k, v in named.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            if progress is not None:
+                progress.advance(progress.task_ids[0])
+            for cb in self.callbacks:
+                if hasattr(cb, "on_step_end"):
+                    cb.on_step_end(self, {"stage": si, "epoch": epoch, "step": step, "global_epoch": g})
+        if progress is not None:
+            progress.stop()
+        record: dict[str, Any] = {"epoch": epoch + 1, "global_epoch": g + 1, "stage": stage.name,
+                                  "lr": lr0 * lr_factor(stage.schedule, epoch, 0, steps)}
+        record.update({f"train/{k}": v / max(1, count) for k, v in sums.items()})
+        record["time/train_s"] = time.perf_counter() - t0
+        return record
+
+    def _after_epoch(self, stage: Stage, si: int, epoch: int, g: int, record: dict[str, Any],
+                     objectives: nn.ModuleList, opt: torch.optim.Optimizer) -> None:
+        t0 = time.perf_counter()
+        last_of_run = si == len(self.stages) - 1 and epoch == stage.epochs - 1
+        if (epoch + 1) % self.recipe.train.eval_every == 0 or epoch == stage.epochs - 1:
+            record.update(self.evaluate())
+            self.last = {k: v for k, v in record.items() if k.startswith("test/") or k == "epoch"}
+            self.last["epoch"] = g + 1
+            if "test/top1" in record and record["test/top1"] > self.best.get("test/top1", -1.0):
+                self.best = dict(self.last)
+                save_weights(self.run_dir / "best.safetensors", self.students[0].state_dict())
+        record["time/epoch_s"] = record["time/train_s"] + time.perf_counter() - t0
+        self.wall_s += record["time/epoch_s"]
+        self.logger.log(record)
+        if (epoch + 1) % self.recipe.train.checkpoint_every == 0 or epoch == stage.epochs - 1:
+            save_state(self.run_dir / CHECKPOINT, {
+                "stage": si, "epoch": epoch + 1, "global_epoch": g + 1,
+                "modules": self._state_modules(objectives).state_dict(),
+                "optimizer": opt.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": rng_state(), "best": self.best, "last": self.last, "wall_s": self.wall_s,
+            })
+        if last_of_run:
+            save_weights(self.run_dir / "student.safetensors", self.students[0].state_dict())
+            for k in range(1, len(self.students)):
+                save_weights(self.run_dir / f"cohort{k}.safetensors", self.students[k].state_dict())
+        for cb in self.callbacks:
+            if hasattr(cb, "on_epoch_end"):
+                cb.on_epoch_end(self, record)
+
+    def _progress(self, label: str, total: int):
+        show = self.recipe.train.progress
+        if show is None:
+            show = sys.stderr.isatty()
+        if not show:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        p.add_task(label, total=total)
+        p.start()
+        return p
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.recipe.name, "seed": self.recipe.seed,
+                "epochs": sum(s.epochs for s in self.stages), "wall_s": self.wall_s,
+                "final": self.last, "best": self.best, "teacher": self.teacher_metrics(), "status": "finished"}
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / CHECKPOINT
+    return load_state(path) if path.exists() else None
+

@@ -1,0 +1,125 @@
+"""What a method is: a small ``Term`` that declares the taps it needs and returns named losses.
+
+The engine never knows which method it runs: it builds the terms named in the recipe, asks them for
+their taps, probes the tap shapes once (so terms can build connectors), then calls each term with a
+``StepContext`` and sums ``weight * loss`` over everything returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from kdlab.recipe import Strict
+
+if TYPE_CHECKING:
+    from kdlab.teacher import Teacher, TeacherOutput
+
+
+class TermParams(Strict):
+    """Parameters every term has. Subclasses add their own fields with the paper's defaults."""
+
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Taps:
+    """Module paths a term needs captured (``"layer3"``, ``"fc:in"``) in the student and the teacher."""
+
+    student: tuple[str, ...] = ()
+    teacher: tuple[str, ...] = ()
+
+
+@dataclass
+class StepContext:
+    """Everything a term may look at for one batch."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    s_logits: torch.Tensor
+    s_feats: dict[str, torch.Tensor]
+    teachers: list["TeacherOutput"] = field(default_factory=list)
+    peers: list[torch.Tensor] = field(default_factory=list)  # detached logits of the other cohort members
+    student: nn.Module | None = None
+    teacher_models: list["Teacher"] = field(default_factory=list)
+    epoch: int = 0  # 0-based, within the stage
+    epochs: int = 1
+    step: int = 0  # 0-based, within the epoch
+    steps_per_epoch: int = 1
+
+    @property
+    def t_logits(self) -> torch.Tensor:
+        if not self.teachers:
+            raise RuntimeError("this term needs a teacher, but the recipe has none")
+        return self.teachers[0].logits
+
+    @property
+    def t_feats(self) -> dict[str, torch.Tensor]:
+        return self.teachers[0].feats if self.teachers else {}
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the stage done, in [0, 1): epoch-wise schedules (BSS) read this."""
+        return (self.epoch + self.step / max(1, self.steps_per_epoch)) / max(1, self.epochs)
+
+
+class Term(nn.Module):
+    """Base class. ``Params`` validates the recipe block; ``forward`` returns {component: loss}.
+
+    A component named ``"loss"`` is logged under the term's label; others as ``label/component``.
+    Parameters a term creates in ``setup`` (connectors) are trained with the student and dropped at export.
+    """
+
+    Params: ClassVar[type[TermParams]] = TermParams
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, params: TermParams | None = None):
+        super().__init__()
+        self.p = params if params is not None else self.Params()
+
+    def taps(self) -> Taps:
+        return Taps()
+
+    def setup(self, s_shapes: dict[str, torch.Size], t_shapes: dict[str, torch.Size]) -> None:
+        """Called once with per-sample shapes of the declared taps (and ``"logits"``)."""
+
+    def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Objective(nn.Module):
+    """A weighted sum of terms, keyed by the recipe's labels."""
+
+    def __init__(self, terms: dict[str, Term]):
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.needs_teacher for t in self.terms.values())
+
+    def taps(self) -> Taps:
+        s: list[str] = []
+        t: list[str] = []
+        for term in self.terms.values():
+            tp = term.taps()
+            s += [x for x in tp.student if x not in s]
+            t += [x for x in tp.teacher if x not in t]
+        return Taps(tuple(s), tuple(t))
+
+    def setup(self, s_shapes: dict[str, torch.Size], t_shapes: dict[str, torch.Size]) -> None:
+        for term in self.terms.values():
+            term.setup(s_shapes, t_shapes)
+
+    def forward(self, ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total = ctx.s_logits.new_zeros(())
+        named: dict[str, torch.Tensor] = {}
+        for label, term in self.terms.items():
+            for comp, value in term(ctx).items():
+                named[label if comp == "loss" else f"{label}/{comp}"] = value.detach()
+                total = total + term.p.weight * value
+        return total, named

@@ -1,0 +1,366 @@
+"""Typed recipes: YAML/TOML files validated by pydantic, with short defaults and ``a.b=c`` overrides.
+
+Every error names the field path and what is allowed, in one line per problem. Terms (methods) and views
+carry their own parameter models; the recipe looks them up in the registries so a new method needs no
+change here.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdlab.errors import KDLabError, nearest
+
+
+class Strict(BaseModel):
+    """Base for every recipe block: unknown keys are errors that name the nearest real field."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = set(cls.model_fields)
+            for key in data:
+                if key not in allowed:
+                    near = nearest(str(key), allowed, n=3)
+                    hint = f"did you mean {', '.join(map(repr, near))}? " if near else ""
+                    raise ValueError(f"unknown field {key!r}: {hint}allowed: {', '.join(sorted(allowed))}")
+        return data
+
+
+def _component(registry_name: str, raw: Any, name_key: str = "name") -> tuple[str, dict[str, Any]]:
+    """Split ``"crop"`` or ``{name: crop, padding: 2}`` into (name, params)."""
+    if isinstance(raw, str):
+        return raw, {}
+    if isinstance(raw, dict) and name_key in raw:
+        params = dict(raw)
+        return str(params.pop(name_key)), params
+    raise ValueError(f"expected a {registry_name} name or a mapping with a {name_key!r} key, got {raw!r}")
+
+
+def _validate_params(cls: type[BaseModel], params: dict[str, Any]) -> BaseModel:
+    try:
+        return cls.model_validate(params)
+    except ValidationError as e:
+        raise ValueError("; ".join(_format_error(err) for err in e.errors())) from None
+
+
+class ModelSpec(Strict):
+    """A model: a registry name, ``timm:NAME``, ``torchvision:NAME`` or a factory ``package.module:function``."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_str(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from kdlab.registry import MODELS
+
+        if ":" not in v and v not in MODELS:
+            raise ValueError(str(_unknown("model", v, MODELS.names())))
+        return v
+
+
+class ViewSpec(Strict):
+    """One augmentation view from the VIEWS registry with its validated parameters."""
+
+    name: str
+    params: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any) -> Any:
+        from kdlab.registry import VIEWS
+
+        if isinstance(data, dict) and set(data) == {"name", "params"}:
+            return data
+        name, params = _component("view", data)
+        if name not in VIEWS:
+            raise ValueError(str(_unknown("view", name, VIEWS.names())))
+        return {"name": name, "params": _validate_params(VIEWS.get(name).Params, params)}
+
+    def build(self) -> Any:
+        from kdlab.registry import VIEWS
+
+        return VIEWS.get(self.name)(self.params)
+
+
+class TermSpec(Strict):
+    """One objective term: the registered term name and its validated parameters (weight included)."""
+
+    term: str
+    params: Any = None
+
+    def build(self) -> Any:
+        from kdlab.registry import TERMS
+
+        return TERMS.get(self.term)(self.params)
+
+
+def _unknown(kind: str, name: str, names: list[str]) -> KDLabError:
+    from kdlab.errors import unknown_name
+
+    return unknown_name(kind, name, names)
+
+
+def _parse_objective(raw: Any) -> dict[str, TermSpec]:
+    """``{kd: {weight: 0.9, tau: 4}, ce: {weight: 0.1}}``; a label other than a term name uses ``term:``."""
+    from kdlab.registry import TERMS
+
+    if isinstance(raw, list):  # [kd, ce] or [{term: kd, ...}]
+        raw = {(r if isinstance(r, str) else r.get("term", f"term{i}")): ({} if isinstance(r, str) else r)
+               for i, r in enumerate(raw)}
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError("objective must be a non-empty mapping of label -> term parameters")
+    out: dict[str, TermSpec] = {}
+    for label, params in raw.items():
+        if isinstance(params, TermSpec):
+            out[label] = params
+            continue
+        params = dict(params or {})
+        term = str(params.pop("term", label))
+        if term not in TERMS:
+            raise ValueError(f"[{label}] {_unknown('method', term, TERMS.names())}")
+        try:
+            out[label] = TermSpec(term=term, params=_validate_params(TERMS.get(term).Params, params))
+        except ValueError as e:
+            raise ValueError(f"[{label}] {e}") from None
+    return out
+
+
+class TeacherSpec(Strict):
+    """Where a frozen teacher comes from: a run folder (trained from ``recipe`` when missing), a model plus
+    checkpoint file, or a factory ``package.module:function`` that returns a model with its weights."""
+
+    run: str | None = None
+    recipe: str | None = None
+    weights: Literal["final", "best"] = "final"
+    model: ModelSpec | None = None
+    checkpoint: str | None = None
+    taps: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherSpec":
+        if self.run is None and self.model is None:
+            raise ValueError("a teacher needs `run:` (a kdlab run folder) or `model:` (with `checkpoint:` or a factory)")
+        if self.recipe is not None and self.run is None:
+            raise ValueError("`recipe:` trains the teacher into `run:`; give `run:` too")
+        return self
+
+
+class DataSpec(Strict):
+    name: str = "digits"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(1000, gt=0)
+    augment: list[ViewSpec] = Field(default_factory=list)
+    resident: bool = True
+    num_workers: int = Field(0, ge=0)
+    drop_last: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from kdlab.registry import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(str(_unknown("dataset", v, DATASETS.names())))
+        return v
+
+
+class OptimSpec(Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleSpec(Strict):
+    """Learning-rate schedule over ``epochs``; ``multiplier`` scales epochs and milestones together (×2, ×4)."""
+
+    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    epochs: int = Field(30, gt=0)
+    milestones: list[int] = Field(default_factory=lambda: [15, 22])
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+    multiplier: float = Field(1.0, gt=0)
+
+    @property
+    def total_epochs(self) -> int:
+        return max(1, round(self.epochs * self.multiplier))
+
+    @property
+    def scaled_milestones(self) -> list[int]:
+        return [round(m * self.multiplier) for m in self.milestones]
+
+
+class TrainSpec(Strict):
+    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float | None = Field(None, gt=0)
+    threads: int | None = Field(None, gt=0)
+    checkpoint_every: int = Field(1, gt=0)
+    eval_every: int = Field(1, gt=0)
+    progress: bool | None = None
+    tensorboard: bool = True
+
+
+class StageSpec(Strict):
+    """One stage of a multi-stage recipe (e.g. a FitNet hint stage, then KD). Unset blocks inherit the
+    recipe's top-level ones; ``trainable`` limits training to student module paths (prefixes)."""
+
+    name: str
+    epochs: int | None = Field(None, gt=0)
+    objective: dict[str, TermSpec] | None = None
+    optim: OptimSpec | None = None
+    schedule: ScheduleSpec | None = None
+    trainable: list[str] | None = None
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, v: Any) -> Any:
+        return None if v is None else _parse_objective(v)
+
+
+class Recipe(Strict):
+    name: str = "run"
+    seed: int = 0
+    out: str = "runs"
+    data: DataSpec = Field(default_factory=DataSpec)
+    student: ModelSpec
+    cohort: list[ModelSpec] = Field(default_factory=list)
+    teacher: TeacherSpec | list[TeacherSpec] | None = None
+    objective: dict[str, TermSpec] = Field(default_factory=lambda: _parse_objective({"ce": {}}))
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    stages: list[StageSpec] | None = None
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, v: Any) -> Any:
+        return _parse_objective(v)
+
+    @property
+    def teachers(self) -> list[TeacherSpec]:
+        if self.teacher is None:
+            return []
+        return self.teacher if isinstance(self.teacher, list) else [self.teacher]
+
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.name / f"seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML-safe) that validates back to an equal recipe."""
+        return _plain(self)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, TermSpec):
+        d = {"term": obj.term}
+        d.update(_plain(obj.params))
+        return d
+    if isinstance(obj, ViewSpec):
+        return {"name": obj.name, **_plain(obj.params)}
+    if isinstance(obj, BaseModel):
+        return {k: _plain(getattr(obj, k)) for k in type(obj).model_fields}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
+    msg = err.get("msg", "")
+    msg = msg.removeprefix("Value error, ")
+    inp = err.get("input")
+    got = f" (got {inp!r})" if err.get("type") not in ("value_error", "missing") and not isinstance(inp, dict) else ""
+    return f"{loc}: {msg}{got}" if loc else f"{msg}{got}"
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise KDLabError(f"recipe file not found: {p}")
+    text = p.read_text()
+    data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise KDLabError(f"{p}: a recipe must be a mapping at top level")
+    base = data.pop("base", None)  # a recipe may extend another, relative to its own folder
+    if base:
+        merged = read_file(p.parent / base)
+        data = deep_merge(merged, data)
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "objective":
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, lists, booleans)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise KDLabError(f"override {item!r} must look like key.path=value")
+        key, _, raw = item.partition("=")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        parts = key.strip().split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt_is_index = parts[i + 1].isdigit()
+            if isinstance(node, list):
+                node = node[int(part)]
+                continue
+            if part not in node or node[part] is None:
+                node[part] = [] if nxt_is_index else {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def validate(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        lines = [_format_error(err) for err in e.errors()]
+        raise KDLabError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    if isinstance(source, dict):
+        data, name = copy.deepcopy(source), "recipe"
+    else:
+        data, name = read_file(source), str(source)
+    return validate(apply_overrides(data, overrides or []), name)
