@@ -1,6 +1,8 @@
 """Capture intermediate features of unmodified models by dotted module path, with forward hooks.
 
 ``"layer3"`` captures a module's output, ``"fc:in"`` its (first) input — e.g. the penultimate embedding.
+``"@name"`` is a portable alias looked up in the model's ``kdlab_taps`` dict (the zoo models declare
+``@stage1``.. ``@stageN``, ``@pre_stageK``, ``@penultimate``), so one method recipe serves many pairs.
 A wrong path raises a KDLabError listing the nearest real module names. No model is rewritten.
 """
 
@@ -23,6 +25,23 @@ def split_tap(tap: str) -> tuple[str, bool]:
     return tap, False
 
 
+TAPS_ATTR = "kdlab_taps"
+
+
+def resolve_alias(model: nn.Module, tap: str) -> str:
+    """``"@stage3"`` -> the model's own path for it (e.g. ``"layer3"``); other taps are returned as is."""
+    if not tap.startswith("@"):
+        return tap
+    aliases = getattr(model, TAPS_ATTR, None) or {}
+    name = tap[1:]
+    if name not in aliases:
+        known = ", ".join("@" + a for a in aliases) or "none (give module paths instead)"
+        near = nearest(name, list(aliases), n=3)
+        hint = f"did you mean {', '.join('@' + n for n in near)}? " if near else ""
+        raise KDLabError(f"{type(model).__name__} has no tap alias {tap!r}: {hint}aliases: {known}")
+    return aliases[name]
+
+
 def resolve_module(model: nn.Module, path: str) -> nn.Module:
     modules = dict(model.named_modules())
     if path in modules:
@@ -41,7 +60,7 @@ class Capture:
         self.store: dict[str, torch.Tensor] = {}
         self._handles = []
         for tap in self.taps:
-            path, want_input = split_tap(tap)
+            path, want_input = split_tap(resolve_alias(model, tap))
             module = resolve_module(model, path)
             self._handles.append(module.register_forward_hook(self._hook(tap, want_input)))
 
