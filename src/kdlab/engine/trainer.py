@@ -28,7 +28,7 @@ from kdlab.engine.logger import RunLogger
 from kdlab.engine.metrics import classification_metrics
 from kdlab.engine.optim import build_optimizer, lr_factor
 from kdlab.errors import KDLabError
-from kdlab.methods.base import Objective, StepContext
+from kdlab.methods.base import Objective, SetupInfo, StepContext
 from kdlab.recipe import OptimSpec, Recipe, ScheduleSpec, TermSpec
 from kdlab.teacher import Teacher
 
@@ -117,6 +117,7 @@ class Trainer:
         self.stages = plan_stages(recipe)
         self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard)
         self._teacher_eval: torch.Tensor | None = None
+        self._prev_objectives: nn.ModuleList | None = None
         self.best: dict[str, Any] = {}
         self.last: dict[str, Any] = {}
         self.wall_s = 0.0
@@ -150,9 +151,15 @@ class Trainer:
             s_shapes = probe_shapes(student, taps.student, self.ds.input_shape, self.device)
             t_shapes = (probe_shapes(self.teachers[0].model, taps.teacher, self.ds.input_shape, self.device)
                         if self.teachers else {})
-            obj.setup(s_shapes, t_shapes)
+            info = SetupInfo(num_train=len(self.ds.train), num_classes=self.ds.num_classes,
+                             input_shape=tuple(self.ds.input_shape))
+            obj.setup(s_shapes, t_shapes, info)
             objectives.append(obj)
-        return nn.ModuleList(objectives).to(self.device)
+        objectives = nn.ModuleList(objectives).to(self.device)
+        if self._prev_objectives is not None:
+            carry_over(self._prev_objectives, objectives)
+        self._prev_objectives = objectives
+        return objectives
 
     def _trainable(self, stage: Stage) -> list[nn.Parameter]:
         params = []
@@ -355,6 +362,16 @@ class Trainer:
         return {"name": self.recipe.name, "seed": self.recipe.seed,
                 "epochs": sum(s.epochs for s in self.stages), "wall_s": self.wall_s,
                 "final": self.last, "best": self.best, "teacher": self.teacher_metrics(), "status": "finished"}
+
+
+def carry_over(prev: nn.ModuleList, new: nn.ModuleList) -> None:
+    """A term that keeps its label and kind from one stage to the next keeps its trained state (e.g. FT's
+    paraphraser, pre-trained in stage 1 and used in stage 2)."""
+    for old_obj, new_obj in zip(prev, new):
+        for label, term in new_obj.terms.items():
+            old = old_obj.terms[label] if label in old_obj.terms else None
+            if old is not None and type(old) is type(term):
+                term.load_state_dict(old.state_dict(), strict=False)
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:

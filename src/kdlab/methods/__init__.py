@@ -1,6 +1,6 @@
 """Distillation terms (methods). Each module registers its terms in ``kdlab.registry.TERMS``."""
 
 from kdlab.methods import logits  # noqa: F401
-from kdlab.methods.base import Objective, StepContext, Taps, Term, TermParams
+from kdlab.methods.base import Objective, SetupInfo, StepContext, Taps, Term, TermParams
 
-__all__ = ["Objective", "StepContext", "Taps", "Term", "TermParams"]
+__all__ = ["Objective", "SetupInfo", "StepContext", "Taps", "Term", "TermParams"]

@@ -33,6 +33,15 @@ class Taps:
     teacher: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class SetupInfo:
+    """Facts about the run a term may need when it builds itself (e.g. CRD's memory bank size)."""
+
+    num_train: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
 @dataclass
 class StepContext:
     """Everything a term may look at for one batch."""
@@ -84,8 +93,9 @@ class Term(nn.Module):
     def taps(self) -> Taps:
         return Taps()
 
-    def setup(self, s_shapes: dict[str, torch.Size], t_shapes: dict[str, torch.Size]) -> None:
-        """Called once with per-sample shapes of the declared taps (and ``"logits"``)."""
+    def setup(self, s_shapes: dict[str, torch.Size], t_shapes: dict[str, torch.Size], info: SetupInfo) -> None:
+        """Called once with per-sample shapes of the declared taps (and ``"logits"``); build connectors here.
+        ``t_shapes`` is empty when the recipe has no teacher."""
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -111,9 +121,9 @@ class Objective(nn.Module):
             t += [x for x in tp.teacher if x not in t]
         return Taps(tuple(s), tuple(t))
 
-    def setup(self, s_shapes: dict[str, torch.Size], t_shapes: dict[str, torch.Size]) -> None:
+    def setup(self, s_shapes: dict[str, torch.Size], t_shapes: dict[str, torch.Size], info: SetupInfo) -> None:
         for term in self.terms.values():
-            term.setup(s_shapes, t_shapes)
+            term.setup(s_shapes, t_shapes, info)
 
     def forward(self, ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = ctx.s_logits.new_zeros(())
