@@ -23,17 +23,18 @@ def _seeds(text: str) -> list[int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kdlab.engine import resume_run, run_recipe
-    from kdlab.recipe import load_recipe
+    from kdlab.recipe import RECIPE_SUFFIXES, load_recipe
 
     if args.resume:
         resume_run(args.resume)
         return 0
-    if not args.recipe:
-        raise KDLabError("kdlab run needs a RECIPE file (or --resume RUN_DIR)")
-    overrides = list(args.overrides)
+    files = [a for a in args.recipe if a.endswith(RECIPE_SUFFIXES) and "=" not in a]
+    overrides = [a for a in args.recipe if a not in files]
+    if not files:
+        raise KDLabError("kdlab run needs at least one RECIPE file (or --resume RUN_DIR)")
     if args.out:
         overrides.append(f"out={args.out}")
-    base = load_recipe(args.recipe, overrides)
+    base = load_recipe(files, overrides)
     for seed in args.seeds or [base.seed]:
         recipe = base.model_copy(update={"seed": seed})
         run_recipe(recipe, existing="overwrite" if args.force else "resume")
@@ -89,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train a recipe (one run folder per seed; resumes unfinished runs)")
-    r.add_argument("recipe", nargs="?", help="recipe file (.yaml/.yml/.toml)")
-    r.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.lr=0.1 objective.kd.tau=2")
+    r.add_argument("recipe", nargs="*", metavar="RECIPE|KEY=VALUE",
+                   help="recipe files (.yaml/.yml/.toml, merged left to right, e.g. a pair file then a method "
+                        "file), then key.path=value overrides, e.g. optim.lr=0.1 objective.kd.tau=2")
     r.add_argument("--seeds", type=_seeds, help="seeds to run, e.g. 0,1,2 or 0-4 (default: the recipe's seed)")
     r.add_argument("--out", help="parent folder of run folders (overrides the recipe's `out`)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")

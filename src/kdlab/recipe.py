@@ -358,9 +358,19 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Recipe:
         raise KDLabError(f"{source}: " + "; ".join(lines)) from None
 
 
-def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+def load_recipe(source: str | Path | dict[str, Any] | list[str | Path], overrides: list[str] | None = None) -> Recipe:
+    """Validate a recipe from a dict, a file, or several files merged left to right (e.g. a model-pair file
+    then a method file), then apply ``key=value`` overrides."""
     if isinstance(source, dict):
         data, name = copy.deepcopy(source), "recipe"
+    elif isinstance(source, list):
+        data = {}
+        for f in source:
+            data = deep_merge(data, read_file(f))
+        name = " + ".join(str(f) for f in source)
     else:
         data, name = read_file(source), str(source)
     return validate(apply_overrides(data, overrides or []), name)
+
+
+RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
