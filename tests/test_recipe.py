@@ -34,7 +34,7 @@ def test_overrides_parse_values_and_nested_paths():
     (["optim.name=adam"], ["optim.name", "'sgd'", "'adamw'"]),
     (["optim.lrr=0.1"], ["optim", "unknown field 'lrr'", "did you mean 'lr'"]),
     (["objective.kd.tau=-1"], ["[kd]", "tau", "greater than 0"]),
-    (["objective.kd.temperature=2"], ["[kd]", "temperature", "allowed: tau, weight"]),
+    (["objective.kd.temperature=2"], ["[kd]", "temperature", "allowed:", "tau", "weight"]),
     (["schedule.name=step"], ["schedule.name", "'multistep'", "'cosine'", "'constant'"]),
     (["train.precision=fp8"], ["train.precision", "'fp32'", "'bf16'", "'fp16'"]),
 ])

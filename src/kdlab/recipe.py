@@ -97,6 +97,23 @@ class ViewSpec(Strict):
 
         return VIEWS.get(self.name)(self.params)
 
+    @property
+    def kind(self) -> str:
+        from kdlab.registry import VIEWS
+
+        return getattr(VIEWS.get(self.name), "kind", "augment")
+
+
+def _check_kind(views: list[ViewSpec], kind: str, where: str) -> list[ViewSpec]:
+    from kdlab.registry import VIEWS
+
+    for v in views:
+        if v.kind != kind:
+            allowed = [e.name for e in VIEWS.entries() if getattr(e.obj, "kind", "augment") == kind]
+            other = "views" if kind == "augment" else "data.augment"
+            raise ValueError(f"{v.name!r} belongs in `{other}:`, not `{where}:`; allowed here: {', '.join(allowed)}")
+    return views
+
 
 class TermSpec(Strict):
     """One objective term: the registered term name and its validated parameters (weight included)."""
@@ -171,6 +188,11 @@ class DataSpec(Strict):
     num_workers: int = Field(0, ge=0)
     drop_last: bool = False
 
+    @field_validator("augment")
+    @classmethod
+    def _augment_kind(cls, v: list[ViewSpec]) -> list[ViewSpec]:
+        return _check_kind(v, "augment", "data.augment")
+
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
@@ -220,6 +242,9 @@ class TrainSpec(Strict):
     eval_every: int = Field(1, gt=0)
     progress: bool | None = None
     tensorboard: bool = True
+    # Extra views: one student pass over [x, x'] (BatchNorm statistics mix both, as one batch) or separate
+    # passes (the authors' code for TLCutMix/CutMixPick). Separate is the faithful default.
+    concat_views: bool = False
 
 
 class StageSpec(Strict):
@@ -248,6 +273,7 @@ class Recipe(Strict):
     cohort: list[ModelSpec] = Field(default_factory=list)
     teacher: TeacherSpec | list[TeacherSpec] | None = None
     objective: dict[str, TermSpec] = Field(default_factory=lambda: _parse_objective({"ce": {}}))
+    views: list[ViewSpec] = Field(default_factory=list)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     stages: list[StageSpec] | None = None
@@ -257,6 +283,11 @@ class Recipe(Strict):
     @classmethod
     def _objective(cls, v: Any) -> Any:
         return _parse_objective(v)
+
+    @field_validator("views")
+    @classmethod
+    def _views_kind(cls, v: list[ViewSpec]) -> list[ViewSpec]:
+        return _check_kind(v, "extra", "views")
 
     @property
     def teachers(self) -> list[TeacherSpec]:

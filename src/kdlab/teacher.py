@@ -31,6 +31,7 @@ class Teacher:
             p.requires_grad_(False)
         model.eval()
         self.capture = Capture(model, taps or [])
+        self.samples_seen = 0  # samples forwarded so far: the engine reports teacher passes per step from it
 
     @property
     def device(self) -> torch.device:
@@ -46,6 +47,7 @@ class Teacher:
 
     def _forward(self, x: torch.Tensor) -> TeacherOutput:
         self.model.eval()  # guard: whatever happened to the module, the teacher is always evaluated in eval mode
+        self.samples_seen += len(x)
         if self.autocast is not None:
             with torch.autocast(x.device.type, dtype=self.autocast):
                 logits = self.model(x)

@@ -31,6 +31,7 @@ from kdlab.errors import KDLabError
 from kdlab.methods.base import Objective, SetupInfo, StepContext
 from kdlab.recipe import OptimSpec, Recipe, ScheduleSpec, TermSpec
 from kdlab.teacher import Teacher
+from kdlab.views.extra import ViewInput
 
 CHECKPOINT = "checkpoint.safetensors"
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,6 +56,14 @@ class Stage:
     @property
     def epochs(self) -> int:
         return self.schedule.total_epochs
+
+
+@dataclass
+class TrainData:
+    """What views that regenerate offline sets get: the training split (raw scale) and the normaliser."""
+
+    split: Any
+    prepare: Any
 
 
 def plan_stages(recipe: Recipe) -> list[Stage]:
@@ -106,9 +115,17 @@ class Trainer:
             for s in self.students:
                 s.compile()
         self.views = [v.build() for v in recipe.data.augment]
+        self.extra_views = [v.build() for v in recipe.views]
         self._normalize = normalize
         self.mean = torch.tensor(dataset.mean, device=device)
         self.std = torch.tensor(dataset.std, device=device)
+        # Valid inputs in normalised units (raw data lies in [0, 1] for images), for views that perturb inputs.
+        shape = (1, -1) + (1,) * (len(dataset.input_shape) - 1)
+        raw_lo = float(dataset.train.x.min()) if hasattr(dataset.train.x, "min") else 0.0
+        raw_hi = float(dataset.train.x.max()) if hasattr(dataset.train.x, "max") else 1.0
+        self.lo = ((raw_lo - self.mean) / self.std).reshape(shape)
+        self.hi = ((raw_hi - self.mean) / self.std).reshape(shape)
+        self.train_data = TrainData(dataset.train, lambda raw: self.prepare(raw.to(device), None))
         d = recipe.data
         self.train_loader = make_loader(dataset.train, batch_size=d.batch_size, shuffle=True, drop_last=d.drop_last,
                                         device=device, seed=recipe.seed, resident=d.resident, num_workers=d.num_workers)
@@ -259,27 +276,14 @@ class Trainer:
         count = 0
         t0 = time.perf_counter()
         lr0 = stage.optim.lr
+        seen0 = self.teachers[0].samples_seen if self.teachers else 0
         progress = self._progress(f"{self.recipe.name} [{stage.name}] epoch {epoch + 1}/{stage.epochs}", steps)
         for step, (x, y, idx) in enumerate(self.train_loader.iter_epoch(g)):
             factor = lr_factor(stage.schedule, epoch, step, steps)
             for group in opt.param_groups:
                 group["lr"] = lr0 * factor
             x = self.prepare(x, gen)
-            t_outs = [t(x) for t in self.teachers]
-            with self._autocast():
-                s_out = [(s(x), captures[k].pop()) for k, s in enumerate(self.students)]
-                total = x.new_zeros((), dtype=torch.float32)
-                named: dict[str, torch.Tensor] = {}
-                for k, (logits, feats) in enumerate(s_out):
-                    ctx = StepContext(
-                        x=x, y=y, idx=idx, s_logits=logits, s_feats=feats, teachers=t_outs,
-                        peers=[o[0].detach() for j, o in enumerate(s_out) if j != k],
-                        student=self.students[k], teacher_models=self.teachers,
-                        epoch=epoch, epochs=stage.epochs, step=step, steps_per_epoch=steps)
-                    loss_k, named_k = objectives[k](ctx)
-                    total = total + loss_k
-                    if k == 0:
-                        named = named_k
+            total, named, vstats = self._step_loss(x, y, idx, gen, objectives, captures, stage, epoch, step, steps)
             if not torch.isfinite(total):
                 raise KDLabError(f"non-finite loss at stage {stage.name!r} epoch {epoch + 1} step {step}: "
                                  f"{ {k: float(v) for k, v in named.items()} }")
@@ -300,7 +304,7 @@ class Trainer:
             n = len(y)
             count += n
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
-            for k, v in named.items():
+            for k, v in {**named, **vstats}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             if progress is not None:
                 progress.advance(progress.task_ids[0])
@@ -311,9 +315,69 @@ class Trainer:
             progress.stop()
         record: dict[str, Any] = {"epoch": epoch + 1, "global_epoch": g + 1, "stage": stage.name,
                                   "lr": lr0 * lr_factor(stage.schedule, epoch, 0, steps)}
-        record.update({f"train/{k}": v / max(1, count) for k, v in sums.items()})
+        record.update({(k if k.startswith("view/") else f"train/{k}"): v / max(1, count) for k, v in sums.items()})
+        if self.teachers:  # teacher samples per clean sample: 1 for plain KD, m + 1 for CutMixPick
+            record["cost/teacher_passes"] = (self.teachers[0].samples_seen - seen0) / max(1, count)
         record["time/train_s"] = time.perf_counter() - t0
         return record
+
+    def _step_loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, gen: torch.Generator,
+                   objectives: nn.ModuleList, captures: list[Capture], stage: Stage, epoch: int, step: int,
+                   steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        """The objective over the clean batch and every extra view, summed over cohort students.
+
+        Returns (total loss, named losses of student 0 — view losses prefixed ``<view>/`` —, view stats).
+        """
+        include_clean = not any(v.p.mode == "replace" for v in self.extra_views)
+        batches: list[tuple[str, Any, float, str]] = []  # (name, ViewBatch | None, weight, targets)
+        if include_clean:
+            batches.append(("clean", None, 1.0, "all"))
+        vstats: dict[str, float] = {}
+        for spec, view in zip(self.recipe.views, self.extra_views):
+            vb = view(ViewInput(x=x, y=y, idx=idx, gen=gen, teacher=self.teachers[0] if self.teachers else None,
+                                student=self.students[0], lo=self.lo, hi=self.hi, epoch=epoch, step=step,
+                                data=self.train_data))
+            batches.append((spec.name, vb, view.p.weight, view.p.targets))
+            vstats.update({f"view/{spec.name}/{k}": v for k, v in vb.stats.items()})
+        inputs = [x if vb is None else vb.x for _, vb, _, _ in batches]
+        t_outs = []
+        for j, (name, vb, _, targets) in enumerate(batches):
+            if not self.teachers or targets == "labels":
+                t_outs.append([])
+            elif vb is not None and vb.teacher is not None:  # the view already ran the first teacher on x'
+                t_outs.append([vb.teacher] + [t(vb.x) for t in self.teachers[1:]])
+            else:
+                t_outs.append([t(inputs[j]) for t in self.teachers])
+        total = x.new_zeros((), dtype=torch.float32)
+        named: dict[str, torch.Tensor] = {}
+        with self._autocast():
+            per_student = [self._student_passes(s, captures[k], inputs) for k, s in enumerate(self.students)]
+            for k in range(len(self.students)):
+                for j, (name, vb, weight, targets) in enumerate(batches):
+                    logits, feats = per_student[k][j]
+                    ctx = StepContext(
+                        x=inputs[j], y=y if vb is None else vb.y, idx=idx if vb is None else vb.idx,
+                        s_logits=logits, s_feats=feats, teachers=t_outs[j],
+                        peers=[per_student[o][j][0].detach() for o in range(len(self.students)) if o != k],
+                        student=self.students[k], teacher_models=self.teachers, view=name,
+                        labels=vb is None, y_mix=None if vb is None else vb.y_mix,
+                        epoch=epoch, epochs=stage.epochs, step=step, steps_per_epoch=steps)
+                    loss, parts = objectives[k](ctx, targets=targets)
+                    total = total + weight * loss
+                    if k == 0:
+                        named.update(parts if name == "clean" else {f"{name}/{n}": v for n, v in parts.items()})
+        return total, named, vstats
+
+    def _student_passes(self, student: nn.Module, capture: Capture, inputs: list[torch.Tensor]):
+        """(logits, feats) per input: one concatenated pass (BatchNorm sees all views as one batch) or one
+        pass per input, as ``train.concat_views`` says."""
+        if len(inputs) == 1 or not self.recipe.train.concat_views:
+            return [(student(inp), capture.pop()) for inp in inputs]
+        sizes = [len(inp) for inp in inputs]
+        logits = student(torch.cat(inputs))
+        feats = capture.pop()
+        split_feats = {k: v.split(sizes) for k, v in feats.items()}
+        return [(lg, {k: v[j] for k, v in split_feats.items()}) for j, lg in enumerate(logits.split(sizes))]
 
     def _after_epoch(self, stage: Stage, si: int, epoch: int, g: int, record: dict[str, Any],
                      objectives: nn.ModuleList, opt: torch.optim.Optimizer) -> None:

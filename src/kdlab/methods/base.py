@@ -55,6 +55,9 @@ class StepContext:
     peers: list[torch.Tensor] = field(default_factory=list)  # detached logits of the other cohort members
     student: nn.Module | None = None
     teacher_models: list["Teacher"] = field(default_factory=list)
+    view: str = "clean"  # "clean", or the name of the extra view (mixup, cutmix_pick, backward ...) x came from
+    labels: bool = True  # False on teacher-labelled views: y is the source sample's label, not a target
+    y_mix: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (y_a, y_b, lam) on label-mixed views
     epoch: int = 0  # 0-based, within the stage
     epochs: int = 1
     step: int = 0  # 0-based, within the epoch
@@ -85,6 +88,7 @@ class Term(nn.Module):
 
     Params: ClassVar[type[TermParams]] = TermParams
     needs_teacher: ClassVar[bool] = True
+    label_term: ClassVar[bool] = False  # True for terms fitting hard labels: they alone see label-mixed views
 
     def __init__(self, params: TermParams | None = None):
         super().__init__()
@@ -125,10 +129,14 @@ class Objective(nn.Module):
         for term in self.terms.values():
             term.setup(s_shapes, t_shapes, info)
 
-    def forward(self, ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        total = ctx.s_logits.new_zeros(())
+    def forward(self, ctx: StepContext, targets: str = "all") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``targets``: "all" terms (clean batch), only "teacher" terms (teacher-labelled views) or only
+        "labels" terms (label-mixed views)."""
+        total = ctx.s_logits.new_zeros((), dtype=torch.float32)
         named: dict[str, torch.Tensor] = {}
         for label, term in self.terms.items():
+            if (targets == "teacher" and term.label_term) or (targets == "labels" and not term.label_term):
+                continue
             for comp, value in term(ctx).items():
                 named[label if comp == "loss" else f"{label}/{comp}"] = value.detach()
                 total = total + term.p.weight * value

@@ -1,0 +1,81 @@
+"""Extra views in the engine: teacher-labelled views get no CE, label views only CE, passes are counted."""
+
+import json
+
+import torch
+
+from kdlab.engine import run_recipe
+from kdlab.recipe import load_recipe
+from kdlab.registry import VIEWS
+from kdlab.views.extra import ExtraParams, ExtraView, ViewBatch
+
+
+class ShiftParams(ExtraParams):
+    shift: float = 0.5
+
+
+@VIEWS.register("_test_shift", description="test-only: x + shift, labels mixed with themselves")
+class Shift(ExtraView):
+    Params = ShiftParams
+    calls = 0
+
+    def __call__(self, inp):
+        Shift.calls += 1
+        lam = torch.full((len(inp.y),), 0.7)
+        return ViewBatch(x=inp.x + self.p.shift, idx=inp.idx, y=inp.y, y_mix=(inp.y, inp.y.flip(0), lam),
+                         stats={"probe": 2.0})
+
+
+def recipe(tmp_path, **view):
+    return load_recipe({
+        "name": "v", "out": str(tmp_path), "data": {"name": "digits", "batch_size": 256},
+        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+        "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
+        "objective": {"ce": {"weight": 0.1}, "kd": {}}, "views": [{"name": "_test_shift", **view}],
+        "schedule": {"epochs": 1}, "train": {"tensorboard": False},
+    })
+
+
+def last_record(tmp_path):
+    return json.loads((tmp_path / "v" / "seed0" / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_teacher_labelled_view_has_kd_but_no_ce_and_counts_teacher_passes(tmp_path):
+    run_recipe(recipe(tmp_path), quiet=True)
+    rec = last_record(tmp_path)
+    assert "train/_test_shift/kd" in rec and "train/_test_shift/ce" not in rec
+    assert "train/ce" in rec and "train/kd" in rec
+    assert rec["view/_test_shift/probe"] == 2.0
+    assert abs(rec["cost/teacher_passes"] - 2.0) < 1e-9  # clean batch + the view
+
+
+def test_label_view_has_only_mixed_ce(tmp_path):
+    run_recipe(recipe(tmp_path, targets="labels"), quiet=True)
+    rec = last_record(tmp_path)
+    assert "train/_test_shift/ce" in rec and "train/_test_shift/kd" not in rec
+    assert abs(rec["cost/teacher_passes"] - 1.0) < 1e-9  # no teacher pass for a label view
+
+
+def test_replace_mode_trains_on_the_view_only(tmp_path):
+    run_recipe(recipe(tmp_path, mode="replace"), quiet=True)
+    rec = last_record(tmp_path)
+    assert "train/ce" not in rec and "train/kd" not in rec and "train/_test_shift/kd" in rec
+
+
+def test_concat_and_separate_passes_both_train(tmp_path):
+    for concat in (True, False):
+        r = load_recipe({**recipe(tmp_path / str(concat)).to_dict(),
+                         "train": {"tensorboard": False, "concat_views": concat}})
+        s = run_recipe(r, quiet=True)
+        assert 0.0 < s["final"]["test/top1"] <= 1.0
+
+
+def test_views_must_be_declared_in_the_right_block(tmp_path):
+    import pytest
+
+    from kdlab.errors import KDLabError
+
+    with pytest.raises(KDLabError, match="belongs in `data.augment:`"):
+        load_recipe({**recipe(tmp_path).to_dict(), "views": ["crop"]})
+    with pytest.raises(KDLabError, match="belongs in `views:`"):
+        load_recipe({**recipe(tmp_path).to_dict(), "data": {"name": "digits", "augment": ["_test_shift"]}})
