@@ -166,3 +166,16 @@ def test_kd_without_teacher_is_a_clear_error(tmp_path):
     r = tiny_recipe(tmp_path, teacher=None)
     with pytest.raises(KDLabError, match="need a teacher"):
         run_recipe(r, quiet=True)
+
+
+def test_validation_split_selects_the_best_epoch(tmp_path):
+    r = tiny_recipe(tmp_path, data={"name": "digits", "batch_size": 128, "val_fraction": 0.2})
+    s = run_recipe(r, quiet=True)
+    lines = [json.loads(x) for x in (tmp_path / "kd" / "seed3" / "metrics.jsonl").read_text().splitlines()]
+    assert all("val/top1" in rec for rec in lines)
+    assert s["best"]["selected_by"] == "val/top1"
+    assert s["best"]["val/top1"] == max(rec["val/top1"] for rec in lines)
+    from kdlab.engine.run import build_data
+
+    ds = build_data(r)
+    assert len(ds.val) == round(0.2 * 1297) and len(ds.train) + len(ds.val) == 1297 and len(ds.test) == 500

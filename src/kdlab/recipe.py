@@ -187,6 +187,21 @@ class DataSpec(Strict):
     resident: bool = True
     num_workers: int = Field(0, ge=0)
     drop_last: bool = False
+    # Label noise / class imbalance on the training split (kdlab.data.corrupt.CorruptionSpec); test untouched.
+    corruption: Any = None
+    # A validation split carved (stratified, `split_seed`) from the training split after corruption, so
+    # model selection and early stopping see the same noisy/imbalanced labels as training, never the test set.
+    val_fraction: float = Field(0.0, ge=0, lt=1)
+    split_seed: int = 0
+
+    @field_validator("corruption", mode="before")
+    @classmethod
+    def _corruption(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        from kdlab.data.corrupt import CorruptionSpec
+
+        return v if isinstance(v, CorruptionSpec) else _validate_params(CorruptionSpec, v)
 
     @field_validator("augment")
     @classmethod

@@ -39,6 +39,7 @@ class Dataset:
     std: tuple[float, ...]
     classes: list[str] = field(default_factory=list)
     notes: str = ""
+    val: Split | None = None  # carved from train by the recipe's data.val_fraction (model selection only)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -76,6 +76,45 @@ def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quie
     return Teacher(model, list(spec.taps), name=name)
 
 
+def build_data(recipe: Recipe, run_dir: Path | None = None) -> Any:
+    """The dataset a run trains on: corruption of the training split (recorded in ``corruption.json``),
+    then the validation carve-out. The test split is never touched."""
+    import dataclasses
+
+    from kdlab.data import build_dataset
+    from kdlab.data.builtin import stratified_subset
+
+    d = recipe.data
+    dataset = build_dataset(d.name, **d.kwargs)
+    if d.corruption is not None:
+        from kdlab.data.corrupt import corrupt
+
+        seed = d.corruption.seed if d.corruption.seed is not None else recipe.seed
+        train, record = corrupt(dataset.train, dataset.num_classes, d.corruption, seed,
+                                class_names=dataset.classes or None)
+        dataset = dataclasses.replace(dataset, train=train)
+        if run_dir is not None:
+            _write_text(run_dir / "corruption.json", json.dumps(_jsonable(record)))
+    if d.val_fraction > 0:
+        n_val = max(1, round(d.val_fraction * len(dataset.train)))
+        val_idx = stratified_subset(dataset.train.y, n_val, d.split_seed)
+        mask = torch.ones(len(dataset.train), dtype=torch.bool)
+        mask[val_idx] = False
+        dataset = dataclasses.replace(dataset, train=dataset.train.subset(mask.nonzero().squeeze(1)),
+                                      val=dataset.train.subset(val_idx))
+    return dataset
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
 def provenance(device: torch.device) -> dict[str, Any]:
     import numpy as np
 
@@ -130,9 +169,7 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
 
     set_threads(recipe.train.threads)
     device = pick_device(recipe.train.device)
-    from kdlab.data import build_dataset
-
-    dataset = build_dataset(recipe.data.name, **recipe.data.kwargs)
+    dataset = build_data(recipe, run_dir)
     _write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     env_path = run_dir / "env.json"
     env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}

@@ -129,6 +129,13 @@ class Trainer:
         d = recipe.data
         self.train_loader = make_loader(dataset.train, batch_size=d.batch_size, shuffle=True, drop_last=d.drop_last,
                                         device=device, seed=recipe.seed, resident=d.resident, num_workers=d.num_workers)
+        val = getattr(dataset, "val", None)
+        self.val_loader = None if val is None else make_loader(
+            val, batch_size=d.eval_batch_size, shuffle=False, drop_last=False, device=device, seed=recipe.seed,
+            resident=d.resident, num_workers=d.num_workers)
+        # The best epoch is picked on validation when there is one (early stopping without peeking at test);
+        # otherwise on test top-1, the CRD/RepDistiller convention, reported next to the last epoch.
+        self.select_by = "val/top1" if val is not None else "test/top1"
         self.eval_loader = make_loader(dataset.test, batch_size=d.eval_batch_size, shuffle=False, drop_last=False,
                                        device=device, seed=recipe.seed, resident=d.resident, num_workers=d.num_workers)
         self.stages = plan_stages(recipe)
@@ -202,22 +209,30 @@ class Trainer:
         return self._teacher_eval
 
     @torch.no_grad()
+    def _logits(self, model: nn.Module, loader: Any) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        with self._autocast():
+            out = torch.cat([model(self.prepare(x, None)).float().cpu() for x, _, _ in loader.iter_epoch(0)])
+        model.train(was)
+        return out
+
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Held-out metrics of every student on the test split, and on the validation split when the
+        recipe carves one (``data.val_fraction``): then the best epoch is chosen on validation, not test."""
         t_logits = self.teacher_eval_logits()
         out: dict[str, float] = {}
         ys = torch.cat([y.cpu() for _, y, _ in self.eval_loader.iter_epoch(0)])
         for k, student in enumerate(self.students):
-            was = student.training
-            student.eval()
-            with self._autocast():
-                logits = torch.cat([student(self.prepare(x, None)).float().cpu()
-                                    for x, _, _ in self.eval_loader.iter_epoch(0)])
-            student.train(was)
-            m = classification_metrics(logits, ys, t_logits)
+            m = classification_metrics(self._logits(student, self.eval_loader), ys, t_logits)
             if k == 0:
                 out.update(m)
             else:
                 out[f"cohort{k}/test/top1"] = m["test/top1"]
+        if self.val_loader is not None:
+            yv = torch.cat([y.cpu() for _, y, _ in self.val_loader.iter_epoch(0)])
+            out.update(classification_metrics(self._logits(self.students[0], self.val_loader), yv, prefix="val/"))
         return out
 
     def teacher_metrics(self) -> dict[str, float]:
@@ -385,10 +400,11 @@ class Trainer:
         last_of_run = si == len(self.stages) - 1 and epoch == stage.epochs - 1
         if (epoch + 1) % self.recipe.train.eval_every == 0 or epoch == stage.epochs - 1:
             record.update(self.evaluate())
-            self.last = {k: v for k, v in record.items() if k.startswith("test/") or k == "epoch"}
+            self.last = {k: v for k, v in record.items() if k.startswith(("test/", "val/"))}
             self.last["epoch"] = g + 1
-            if "test/top1" in record and record["test/top1"] > self.best.get("test/top1", -1.0):
-                self.best = dict(self.last)
+            key = self.select_by
+            if key in record and record[key] > self.best.get(key, -1.0):
+                self.best = {**self.last, "selected_by": key}
                 save_weights(self.run_dir / "best.safetensors", self.students[0].state_dict())
         record["time/epoch_s"] = record["time/train_s"] + time.perf_counter() - t0
         self.wall_s += record["time/epoch_s"]
