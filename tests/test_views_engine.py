@@ -79,3 +79,19 @@ def test_views_must_be_declared_in_the_right_block(tmp_path):
         load_recipe({**recipe(tmp_path).to_dict(), "views": ["crop"]})
     with pytest.raises(KDLabError, match="belongs in `views:`"):
         load_recipe({**recipe(tmp_path).to_dict(), "data": {"name": "digits", "augment": ["_test_shift"]}})
+
+
+@VIEWS.register("_test_const", description="test-only: every sample becomes the same image")
+class Const(ExtraView):
+    def __call__(self, inp):
+        return ViewBatch(x=torch.zeros_like(inp.x), idx=inp.idx, y=inp.y)
+
+
+def test_t_stddev_is_zero_for_a_constant_view_and_positive_for_real_data(tmp_path):
+    from kdlab.engine.diagnose import t_stddev
+
+    r = load_recipe({**recipe(tmp_path).to_dict(), "views": ["_test_const"]})
+    out = t_stddev(r, epochs=2, group=2)
+    assert out["by_source"]["_test_const"] < 1e-6
+    assert out["by_source"]["clean"] > 1e-4
+    assert out["groups"] == (2 * 6) // 2  # 1,297 samples / 256 per batch = 6 batches per epoch

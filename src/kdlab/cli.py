@@ -1,4 +1,4 @@
-"""The ``kdlab`` command: run | list | report | demo | export.
+"""The ``kdlab`` command: run | list | report | demo | diagnose | export.
 
 User errors (KDLabError) are printed as one line with exit status 2, never as a traceback.
 """
@@ -77,6 +77,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from kdlab.engine.diagnose import t_stddev
+    from kdlab.recipe import RECIPE_SUFFIXES, load_recipe
+
+    files = [a for a in args.recipe if a.endswith(RECIPE_SUFFIXES) and "=" not in a]
+    overrides = [a for a in args.recipe if a not in files]
+    if not files:
+        raise KDLabError("kdlab diagnose needs at least one RECIPE file")
+    out = t_stddev(load_recipe(files, overrides), epochs=args.epochs, group=args.group)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from kdlab.export import export_run
 
@@ -114,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds", type=_seeds, default=[0, 1, 2])
     d.add_argument("--force", action="store_true", help="retrain everything, including the teacher")
     d.set_defaults(fn=cmd_demo)
+
+    dg = sub.add_parser("diagnose", help="teacher-only T. stddev of a recipe's augmentation (lower is better)")
+    dg.add_argument("recipe", nargs="+", metavar="RECIPE|KEY=VALUE")
+    dg.add_argument("--epochs", type=int, default=10, help="passes over the training set (default 10)")
+    dg.add_argument("--group", type=int, default=5, help="batches per group mean (default 5)")
+    dg.set_defaults(fn=cmd_diagnose)
 
     e = sub.add_parser("export", help="write a run's bare student weights (safetensors)")
     e.add_argument("run", help="run folder")
