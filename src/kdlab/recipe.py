@@ -53,11 +53,31 @@ def _validate_params(cls: type[BaseModel], params: dict[str, Any]) -> BaseModel:
         raise ValueError("; ".join(_format_error(err) for err in e.errors())) from None
 
 
+class InsertSpec(Strict):
+    """A layer from the LAYERS registry inserted after the module at ``at`` (path or ``@alias``); it becomes
+    part of the student (trained, saved, exported, kept at inference), e.g. the letKD layer."""
+
+    at: str
+    layer: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("layer")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from kdlab.registry import LAYERS
+
+        if v not in LAYERS:
+            raise ValueError(str(_unknown("layer", v, LAYERS.names())))
+        return v
+
+
 class ModelSpec(Strict):
-    """A model: a registry name, ``timm:NAME``, ``torchvision:NAME`` or a factory ``package.module:function``."""
+    """A model: a registry name, ``timm:NAME``, ``torchvision:NAME`` or a factory ``package.module:function``,
+    optionally with layers inserted at module paths (``insert:``)."""
 
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    insert: list[InsertSpec] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod

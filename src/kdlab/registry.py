@@ -71,10 +71,11 @@ TERMS: Registry[Any] = Registry("method")
 MODELS: Registry[Any] = Registry("model")
 DATASETS: Registry[Any] = Registry("dataset")
 VIEWS: Registry[Any] = Registry("view")
+LAYERS: Registry[Any] = Registry("layer")  # layers inserted into a student and kept at inference (letKD)
 
 # Modules whose import registers the built-in entries. Imported lazily so `import kdlab.registry` is cheap
 # and so that a module can register itself without an import cycle.
-BUILTIN_MODULES = ("kdlab.methods", "kdlab.models", "kdlab.data", "kdlab.views")
+BUILTIN_MODULES = ("kdlab.methods", "kdlab.models", "kdlab.data", "kdlab.views", "kdlab.layers")
 _loaded = False
 
 

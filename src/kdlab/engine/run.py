@@ -50,9 +50,13 @@ def set_threads(threads: int | None) -> None:
 
 
 def build_model_for(spec: ModelSpec, dataset: Any) -> torch.nn.Module:
+    from kdlab.layers import insert_layers
     from kdlab.models import build_model
 
-    return build_model(spec.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape, **spec.kwargs)
+    model = build_model(spec.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape, **spec.kwargs)
+    if spec.insert:
+        insert_layers(model, spec.insert, input_shape=tuple(dataset.input_shape), num_classes=dataset.num_classes)
+    return model
 
 
 def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quiet: bool = True) -> Teacher:

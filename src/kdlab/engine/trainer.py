@@ -28,7 +28,7 @@ from kdlab.engine.logger import RunLogger
 from kdlab.engine.metrics import classification_metrics
 from kdlab.engine.optim import build_optimizer, lr_factor
 from kdlab.errors import KDLabError
-from kdlab.methods.base import Objective, SetupInfo, StepContext
+from kdlab.methods.base import FitData, Objective, SetupInfo, StepContext
 from kdlab.recipe import OptimSpec, Recipe, ScheduleSpec, TermSpec
 from kdlab.teacher import Teacher
 from kdlab.views.extra import ViewInput
@@ -178,6 +178,9 @@ class Trainer:
             info = SetupInfo(num_train=len(self.ds.train), num_classes=self.ds.num_classes,
                              input_shape=tuple(self.ds.input_shape))
             obj.setup(s_shapes, t_shapes, info)
+            obj.to(self.device)
+            obj.fit(FitData(teacher_features=self.teacher_features, labels=self.ds.train.y.cpu(),
+                            num_classes=self.ds.num_classes, seed=self.recipe.seed, run_dir=self.run_dir))
             objectives.append(obj)
         objectives = nn.ModuleList(objectives).to(self.device)
         if self._prev_objectives is not None:
@@ -234,6 +237,28 @@ class Trainer:
             yv = torch.cat([y.cpu() for _, y, _ in self.val_loader.iter_epoch(0)])
             out.update(classification_metrics(self._logits(self.students[0], self.val_loader), yv, prefix="val/"))
         return out
+
+    @torch.no_grad()
+    def teacher_features(self, taps: list[str]) -> dict[str, torch.Tensor]:
+        """The first teacher's features at ``taps`` over the training split, in order, without augmentation."""
+        from kdlab.data import make_loader
+
+        if not self.teachers:
+            raise KDLabError("this term fits to a teacher, but the recipe has none")
+        teacher = self.teachers[0]
+        teacher.add_taps(list(taps))
+        d = self.recipe.data
+        loader = make_loader(self.ds.train, batch_size=d.eval_batch_size, shuffle=False, drop_last=False,
+                             device=self.device, seed=self.recipe.seed, resident=d.resident,
+                             num_workers=d.num_workers)
+        seen = teacher.samples_seen
+        chunks: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
+        for x, _, _ in loader.iter_epoch(0):
+            out = teacher(self.prepare(x, None))
+            for t in taps:
+                chunks[t].append(out.feats[t].cpu())
+        teacher.samples_seen = seen  # a one-off preparation pass, not a per-step training cost
+        return {t: torch.cat(v) for t, v in chunks.items()}
 
     def teacher_metrics(self) -> dict[str, float]:
         t_logits = self.teacher_eval_logits()

@@ -8,7 +8,7 @@ their taps, probes the tap shapes once (so terms can build connectors), then cal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +40,19 @@ class SetupInfo:
     num_train: int
     num_classes: int
     input_shape: tuple[int, ...]
+
+
+@dataclass
+class FitData:
+    """For terms that fit something to the teacher once before training (letKD's templates):
+    ``teacher_features(taps)`` runs the frozen teacher over the whole training split without augmentation
+    and returns {tap: N×... CPU tensor}; ``labels`` are the training labels in the same order."""
+
+    teacher_features: Any
+    labels: torch.Tensor
+    num_classes: int
+    seed: int
+    run_dir: Any
 
 
 @dataclass
@@ -101,6 +114,10 @@ class Term(nn.Module):
         """Called once with per-sample shapes of the declared taps (and ``"logits"``); build connectors here.
         ``t_shapes`` is empty when the recipe has no teacher."""
 
+    def fit(self, data: FitData) -> None:
+        """Called once after ``setup`` and before training (again on resume: keep it deterministic, or
+        cache in ``data.run_dir``). Most terms need nothing here."""
+
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -128,6 +145,10 @@ class Objective(nn.Module):
     def setup(self, s_shapes: dict[str, torch.Size], t_shapes: dict[str, torch.Size], info: SetupInfo) -> None:
         for term in self.terms.values():
             term.setup(s_shapes, t_shapes, info)
+
+    def fit(self, data: FitData) -> None:
+        for term in self.terms.values():
+            term.fit(data)
 
     def forward(self, ctx: StepContext, targets: str = "all") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``targets``: "all" terms (clean batch), only "teacher" terms (teacher-labelled views) or only
