@@ -179,3 +179,19 @@ def test_validation_split_selects_the_best_epoch(tmp_path):
 
     ds = build_data(r)
     assert len(ds.val) == round(0.2 * 1297) and len(ds.train) + len(ds.val) == 1297 and len(ds.test) == 500
+
+
+def test_export_rebuilds_the_bare_student(tmp_path):
+    from kdlab.export import export_run, load_exported
+
+    run_recipe(tiny_recipe(tmp_path, schedule={"epochs": 1}), quiet=True)
+    d = tmp_path / "kd" / "seed3"
+    out = export_run(d, tmp_path / "s.safetensors")
+    model = load_exported(out)
+    x = torch.randn(4, 1, 8, 8)
+    from kdlab.engine.run import build_data, build_model_for
+
+    r = load_recipe(d / "recipe.yaml")
+    ref = build_model_for(r.student, build_data(r))
+    ref.load_state_dict(load_file(str(d / "student.safetensors")))
+    assert torch.equal(model(x), ref.eval()(x))
