@@ -78,6 +78,16 @@ class MobileNetV2(nn.Module):
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(last, num_classes)
         init_fan_out(self, linear_std=0.01)
+        # Portable tap aliases (kdlab.capture): RepDistiller's feature taps, the ends of blocks 1, 2, 4, 6. The
+        # stage outputs are linear bottlenecks (no ReLU); ``pre_stageK`` is the last BN of the stage's last
+        # block, before the residual add (RepDistiller ``get_bn_before_relu``).
+        picks = (1, 2, 4, 6)
+        self.kdlab_taps: dict[str, str] = {
+            **{f"stage{k}": f"blocks.{b}" for k, b in enumerate(picks, 1)},
+            **{f"pre_stage{k}": f"blocks.{b}.{len(self.blocks[b]) - 1}.conv.7" for k, b in enumerate(picks, 1)},
+            "penultimate": "flatten",
+            "last": f"blocks.{picks[-1]}",
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)

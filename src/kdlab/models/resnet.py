@@ -79,6 +79,13 @@ class CifarResNet(nn.Module):
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(cin, num_classes)
         init_fan_out(self)
+        # Portable tap aliases (kdlab.capture): stage ends post-ReLU, the residual sum before the last ReLU.
+        self.kdlab_taps: dict[str, str] = {
+            **{f"stage{k}": f"layer{k}" for k in (1, 2, 3)},
+            **{f"pre_stage{k}": f"layer{k}.{n - 1}.preact" for k in (1, 2, 3)},
+            "penultimate": "flatten",
+            "last": "layer3",
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

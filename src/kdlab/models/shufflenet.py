@@ -100,6 +100,13 @@ class ShuffleNetV1(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(cin, num_classes)
+        # Portable tap aliases (kdlab.capture): stage ends post-ReLU, and the same before the final ReLU.
+        self.kdlab_taps: dict[str, str] = {
+            **{f"stage{k}": f"layer{k}" for k in (1, 2, 3)},
+            **{f"pre_stage{k}": f"layer{k}.{len(stages[k - 1]) - 1}.preact" for k in (1, 2, 3)},
+            "penultimate": "flatten",
+            "last": "layer3",
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -189,6 +196,13 @@ class ShuffleNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(widths[3], num_classes)
+        # Portable tap aliases (kdlab.capture): stage ends (concatenations of post-ReLU halves, shuffled). A
+        # stage end has no single pre-ReLU point (half of it passes through untouched), so no ``pre_stageK``.
+        self.kdlab_taps: dict[str, str] = {
+            **{f"stage{k}": f"layer{k}" for k in (1, 2, 3)},
+            "penultimate": "flatten",
+            "last": "layer3",
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

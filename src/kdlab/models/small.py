@@ -53,6 +53,14 @@ class MLP(nn.Module):
             cin = int(width)
         self.hidden = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, num_classes)
+        # Portable tap aliases (kdlab.capture): one "stage" per hidden layer (vectors, no spatial size).
+        nh = len(layers)
+        self.kdlab_taps: dict[str, str] = {
+            **{f"stage{k}": f"hidden.{k - 1}" for k in range(1, nh + 1)},
+            **{f"pre_stage{k}": f"hidden.{k - 1}.linear" for k in range(1, nh + 1)},
+            "penultimate": "fc:in",
+            **({"last": f"hidden.{nh - 1}"} if nh else {}),
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.hidden(self.flatten(x)))
@@ -84,6 +92,15 @@ class SmallCNN(nn.Module):
         self.relu3 = nn.ReLU()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(h, num_classes)
+        # Portable tap aliases (kdlab.capture): the two conv stages (before their max-pool), pre-ReLU at bn1/bn2.
+        self.kdlab_taps: dict[str, str] = {
+            "stage1": "relu1",
+            "stage2": "relu2",
+            "pre_stage1": "bn1",
+            "pre_stage2": "bn2",
+            "penultimate": "fc:in",
+            "last": "relu2",
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
@@ -115,6 +132,14 @@ class CNN1d(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool1d(pool_size)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(cin * pool_size, num_classes)
+        # Portable tap aliases (kdlab.capture): each conv-BN-ReLU layer is a stage; ``layerK.bn`` is pre-ReLU.
+        nl = len(channels)
+        self.kdlab_taps: dict[str, str] = {
+            **{f"stage{k}": f"layer{k}" for k in range(1, nl + 1)},
+            **{f"pre_stage{k}": f"layer{k}.bn" for k in range(1, nl + 1)},
+            "penultimate": "flatten",
+            "last": f"layer{nl}",
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         if self.add_channel_dim:

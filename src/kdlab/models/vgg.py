@@ -68,6 +68,15 @@ class CifarVGG(nn.Module):
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(cin, num_classes)
         init_fan_out(self, linear_std=0.01)
+        # Portable tap aliases (kdlab.capture). As in RepDistiller's feature list, block 0 counts as the stem
+        # (like the ResNet stem), so ``stage1..stage4`` are ``relu1..relu4`` (RepDistiller feat[1..4]).
+        nb = len(cfg)
+        self.kdlab_taps: dict[str, str] = {
+            **{f"stage{k}": f"relu{k}" for k in range(1, nb)},
+            **{f"pre_stage{k}": f"block{k}" for k in range(1, nb)},
+            "penultimate": "flatten",
+            "last": f"relu{nb - 1}",
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         big = x.shape[-2] >= 64

@@ -72,6 +72,19 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
         init_fan_out(self)
         nn.init.zeros_(self.fc.bias)
+        # Portable tap aliases (kdlab.capture). The blocks are pre-activation, so a stage's post-ReLU end is the
+        # BN-ReLU that opens the next stage (``block2.0.relu1``, ``block3.0.relu1``, the final ``relu``) and its
+        # pre-ReLU end that BN's output (RepDistiller ``get_bn_before_relu``).
+        self.kdlab_taps: dict[str, str] = {
+            "stage1": "block2.0.relu1",
+            "stage2": "block3.0.relu1",
+            "stage3": "relu",
+            "pre_stage1": "block2.0.bn1",
+            "pre_stage2": "block3.0.bn1",
+            "pre_stage3": "bn1",
+            "penultimate": "flatten",
+            "last": "relu",
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
