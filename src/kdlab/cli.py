@@ -45,10 +45,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kdlab.registry import DATASETS, MODELS, TERMS, VIEWS
+    from kdlab.registry import DATASETS, LAYERS, MODELS, TERMS, VIEWS
 
-    registries = {"methods": TERMS, "models": MODELS, "datasets": DATASETS, "views": VIEWS}
+    registries = {"methods": TERMS, "models": MODELS, "datasets": DATASETS, "views": VIEWS, "layers": LAYERS}
     kinds = [args.what] if args.what else list(registries)
+    if args.markdown:
+        print(registry_markdown({k: registries[k] for k in kinds}))
+        return 0
     console = Console()
     for kind in kinds:
         table = Table(title=kind, show_lines=False)
@@ -59,6 +62,22 @@ def cmd_list(args: argparse.Namespace) -> int:
             table.add_row(e.name, e.description, e.paper)
         console.print(table)
     return 0
+
+
+def registry_markdown(registries: dict) -> str:
+    """Markdown tables of registered entries with their parameter defaults (docs/catalogue.md is this)."""
+    out = []
+    for kind, reg in registries.items():
+        out += [f"## {kind}", "", "| name | description | paper | parameters (defaults) |", "| --- | --- | --- | --- |"]
+        for e in reg.entries():
+            params = getattr(e.obj, "Params", None)
+            fields = ""
+            if params is not None and hasattr(params, "model_fields"):
+                fields = ", ".join(f"`{n}={f.get_default(call_default_factory=True)!r}`"
+                                   for n, f in params.model_fields.items() if not f.is_required())
+            out.append(f"| `{e.name}` | {e.description} | {e.paper} | {fields} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -115,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     ls = sub.add_parser("list", help="list registered methods, models, datasets or views")
-    ls.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "views"])
+    ls.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "views", "layers"])
+    ls.add_argument("--markdown", action="store_true", help="print Markdown tables with parameter defaults")
     ls.set_defaults(fn=cmd_list)
 
     rep = sub.add_parser("report", help="aggregate run folders into a Markdown/CSV table and PNG plots")

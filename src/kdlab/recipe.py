@@ -280,6 +280,9 @@ class TrainSpec(Strict):
     # Extra views: one student pass over [x, x'] (BatchNorm statistics mix both, as one batch) or separate
     # passes (the authors' code for TLCutMix/CutMixPick). Separate is the faithful default.
     concat_views: bool = False
+    # The frozen teacher runs under bf16 autocast where the device supports it (CUDA with bf16); its
+    # outputs are cast back to float32 before any loss. Set false to keep the teacher in float32.
+    teacher_bf16: bool = True
 
 
 class StageSpec(Strict):

@@ -111,6 +111,8 @@ class Trainer:
             self.students.to(memory_format=self.memory_format)
         for t in self.teachers:
             t.to(device, self.memory_format)
+            if tr.teacher_bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+                t.autocast = torch.bfloat16
         if tr.compile:
             for s in self.students:
                 s.compile()
