@@ -84,7 +84,8 @@ class TensorLoader:
         self.device = torch.device(device)
         self.seed = int(seed)
         self.resident = resident
-        x = split.x if split.x.dtype == torch.float32 else split.x.float()
+        # Floating inputs become float32; integer inputs (token ids of text datasets) stay integers.
+        x = split.x.float() if split.x.is_floating_point() and split.x.dtype != torch.float32 else split.x
         y = split.y if split.y.dtype == torch.int64 else split.y.long()
         if resident:
             x, y = x.to(self.device), y.to(self.device)

@@ -123,10 +123,12 @@ class Trainer:
         self.std = torch.tensor(dataset.std, device=device)
         # Valid inputs in normalised units (raw data lies in [0, 1] for images), for views that perturb inputs.
         shape = (1, -1) + (1,) * (len(dataset.input_shape) - 1)
-        raw_lo = float(dataset.train.x.min()) if hasattr(dataset.train.x, "min") else 0.0
-        raw_hi = float(dataset.train.x.max()) if hasattr(dataset.train.x, "max") else 1.0
-        self.lo = ((raw_lo - self.mean) / self.std).reshape(shape)
-        self.hi = ((raw_hi - self.mean) / self.std).reshape(shape)
+        if self.mean.numel() and dataset.train.x.is_floating_point():
+            raw_lo, raw_hi = float(dataset.train.x.min()), float(dataset.train.x.max())
+            self.lo = ((raw_lo - self.mean) / self.std).reshape(shape)
+            self.hi = ((raw_hi - self.mean) / self.std).reshape(shape)
+        else:  # text (token ids) or unnormalised data: perturbation views bound nothing
+            self.lo = self.hi = None
         self.train_data = TrainData(dataset.train, lambda raw: self.prepare(raw.to(device), None))
         d = recipe.data
         self.train_loader = make_loader(dataset.train, batch_size=d.batch_size, shuffle=True, drop_last=d.drop_last,
@@ -150,11 +152,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ building blocks
     def prepare(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Views (train only) in raw scale, then normalisation, on the device."""
+        """Views (train only) in raw scale, then normalisation, on the device. Token ids (integer inputs,
+        text) and datasets without mean/std pass through unnormalised."""
         if gen is not None:
             for view in self.views:
                 x = view(x, gen)
-        x = self._normalize(x, self.mean, self.std)
+        if x.is_floating_point() and self.mean.numel():
+            x = self._normalize(x, self.mean, self.std)
         if self.memory_format is not None:
             x = x.contiguous(memory_format=self.memory_format)
         return x
