@@ -1,4 +1,4 @@
-"""The ``kdlab`` command: run | list | report | demo | diagnose | export.
+"""The ``kdlab`` command: run | list | report | study | demo | diagnose | export.
 
 User errors (KDLabError) are printed as one line with exit status 2, never as a traceback.
 """
@@ -89,6 +89,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from kdlab.study import run_study, study_report
+
+    if args.report:
+        print(study_report(args.study, out=args.out)["markdown"])
+        return 0
+    result = run_study(args.study, workers=args.workers, dry_run=args.dry_run, out=args.out,
+                       overrides=args.overrides)
+    if not args.dry_run:
+        print(f"trained {result['trained']}, reused {result['reused']} finished runs")
+        print(result["report"]["markdown"])
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from kdlab.demo import run_demo
 
@@ -143,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report", help="output folder (default: report)")
     rep.add_argument("--baseline", help="label of the baseline row for the gain column (e.g. ce)")
     rep.set_defaults(fn=cmd_report)
+
+    st = sub.add_parser("study", help="run a grid of methods x settings x seeds (resumable), then tables and plots")
+    st.add_argument("study", help="study file (.yaml/.toml), e.g. recipes/studies/nine_methods_noise.yaml")
+    st.add_argument("overrides", nargs="*", help="key.path=value overrides applied to every run")
+    st.add_argument("--workers", type=int, help="parallel worker processes (one thread each)")
+    st.add_argument("--out", help="output folder (overrides the study's `out`)")
+    st.add_argument("--dry-run", action="store_true", help="list the runs (and validate them) without training")
+    st.add_argument("--report", action="store_true", help="only rebuild the tables and plots from finished runs")
+    st.set_defaults(fn=cmd_study)
 
     d = sub.add_parser("demo", help="the default demo: teacher, then CE vs KD students over seeds, offline")
     d.add_argument("--out", default="runs/demo")
