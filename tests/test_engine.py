@@ -195,3 +195,11 @@ def test_export_rebuilds_the_bare_student(tmp_path):
     ref = build_model_for(r.student, build_data(r))
     ref.load_state_dict(load_file(str(d / "student.safetensors")))
     assert torch.equal(model(x), ref.eval()(x))
+
+
+def test_a_run_that_failed_at_start_up_can_be_rerun_with_a_fixed_recipe(tmp_path):
+    bad = tiny_recipe(tmp_path, objective={"ce": {}, "at": {"layers": ["@stage9"]}})
+    with pytest.raises(KDLabError, match="no tap alias '@stage9'"):
+        run_recipe(bad, quiet=True)
+    good = tiny_recipe(tmp_path, schedule={"epochs": 1})
+    assert run_recipe(good, quiet=True)["status"] == "finished"

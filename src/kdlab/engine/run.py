@@ -163,7 +163,10 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
         elif existing == "error":
             raise KDLabError(f"run folder {run_dir} exists; resume it with `kdlab run --resume {run_dir}` or pass --force")
         elif saved.exists() and load_recipe(saved).to_dict() != recipe.to_dict():
-            raise KDLabError(f"run folder {run_dir} holds a different recipe; choose another `out`/`name` or pass --force")
+            if (run_dir / CHECKPOINT).exists():
+                raise KDLabError(f"run folder {run_dir} holds a different recipe; choose another `out`/`name` "
+                                 "or pass --force")
+            shutil.rmtree(run_dir)  # it never finished an epoch (e.g. a recipe error at start-up): nothing to keep
         elif summary_path.exists():
             summary = json.loads(summary_path.read_text())
             if summary.get("status") == "finished":

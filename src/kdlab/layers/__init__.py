@@ -5,6 +5,7 @@ maps a feature map to one of the same shape. ``insert_layers`` wraps the module 
 output goes through the new layer; everything else about the student stays as it was.
 """
 
+from kdlab.layers import letkd  # noqa: F401  (registers the "letkd" layer)
 from kdlab.layers.insert import Inserted, insert_layers
 
 __all__ = ["Inserted", "insert_layers"]

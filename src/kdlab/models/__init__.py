@@ -7,6 +7,7 @@ penultimate layer == the input of ``fc``).
 """
 
 from kdlab.models import mobilenetv2, resnet, shufflenet, small, vgg, wrn  # noqa: F401  (registration)
+from kdlab.models import hf  # noqa: F401  (text models: hf_classifier, text_transformer, text_cnn, bag_of_embeddings)
 from kdlab.models.build import build_model
 
 __all__ = ["build_model"]
