@@ -203,3 +203,12 @@ def test_a_run_that_failed_at_start_up_can_be_rerun_with_a_fixed_recipe(tmp_path
         run_recipe(bad, quiet=True)
     good = tiny_recipe(tmp_path, schedule={"epochs": 1})
     assert run_recipe(good, quiet=True)["status"] == "finished"
+
+
+def test_alias_with_a_submodule_suffix():
+    from kdlab.capture import resolve_alias
+    from kdlab.models import build_model
+
+    m = build_model("resnet8", num_classes=10, input_shape=(3, 32, 32))
+    assert resolve_alias(m, "@last.0.conv1") == "layer3.0.conv1"
+    assert probe_shapes(m, ["@last.0.conv1"], (3, 32, 32))["@last.0.conv1"] == (64, 8, 8)

@@ -33,7 +33,12 @@ def resolve_alias(model: nn.Module, tap: str) -> str:
     if not tap.startswith("@"):
         return tap
     aliases = getattr(model, TAPS_ATTR, None) or {}
-    name = tap[1:]
+    name, dot, suffix = tap[1:].partition(".")  # "@last.layer.scores": a submodule below the alias
+    if name in aliases and dot:
+        base = aliases[name]
+        if base.endswith(":in"):
+            raise KDLabError(f"tap {tap!r}: alias @{name} is a module input ({base}); no submodule path below it")
+        return f"{base}.{suffix}"
     if name not in aliases:
         known = ", ".join("@" + a for a in aliases) or "none (give module paths instead)"
         near = nearest(name, list(aliases), n=3)
