@@ -91,16 +91,13 @@ def reseed(seed: int) -> None:
 
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, dataset: Any, students: Sequence[nn.Module],
-                 teachers: Sequence[Teacher], device: torch.device, *, callbacks: Sequence[Any] = (),
-                 console: Any = None):
-        from kdlab.data import make_loader
+                 teachers: Sequence[Teacher], device: torch.device, *, callbacks: Sequence[Any] = ()):
         from kdlab.views.basic import normalize
 
         self.recipe, self.run_dir, self.ds, self.device = recipe, Path(run_dir), dataset, device
         self.students = nn.ModuleList(students).to(device)
         self.teachers = list(teachers)
         self.callbacks = list(callbacks)
-        self.console = console
         tr = recipe.train
         self.autocast = AUTOCAST[tr.precision]
         if tr.precision == "fp16" and device.type != "cuda":
@@ -130,18 +127,13 @@ class Trainer:
         else:  # text (token ids) or unnormalised data: perturbation views bound nothing
             self.lo = self.hi = None
         self.train_data = TrainData(dataset.train, lambda raw: self.prepare(raw.to(device), None))
-        d = recipe.data
-        self.train_loader = make_loader(dataset.train, batch_size=d.batch_size, shuffle=True, drop_last=d.drop_last,
-                                        device=device, seed=recipe.seed, resident=d.resident, num_workers=d.num_workers)
+        self.train_loader = self._loader(dataset.train, shuffle=True)
         val = getattr(dataset, "val", None)
-        self.val_loader = None if val is None else make_loader(
-            val, batch_size=d.eval_batch_size, shuffle=False, drop_last=False, device=device, seed=recipe.seed,
-            resident=d.resident, num_workers=d.num_workers)
+        self.val_loader = None if val is None else self._loader(val)
         # The best epoch is picked on validation when there is one (early stopping without peeking at test);
         # otherwise on test top-1, the CRD/RepDistiller convention, reported next to the last epoch.
         self.select_by = "val/top1" if val is not None else "test/top1"
-        self.eval_loader = make_loader(dataset.test, batch_size=d.eval_batch_size, shuffle=False, drop_last=False,
-                                       device=device, seed=recipe.seed, resident=d.resident, num_workers=d.num_workers)
+        self.eval_loader = self._loader(dataset.test)
         self.stages = plan_stages(recipe)
         self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard)
         self._teacher_eval: torch.Tensor | None = None
@@ -151,6 +143,15 @@ class Trainer:
         self.wall_s = 0.0
 
     # ------------------------------------------------------------------ building blocks
+    def _loader(self, split: Any, shuffle: bool = False) -> Any:
+        """Training order (shuffled, the recipe's batch size) or evaluation order (in order, eval batch size)."""
+        from kdlab.data import make_loader
+
+        d = self.recipe.data
+        return make_loader(split, batch_size=d.batch_size if shuffle else d.eval_batch_size, shuffle=shuffle,
+                           drop_last=d.drop_last and shuffle, device=self.device, seed=self.recipe.seed,
+                           resident=d.resident, num_workers=d.num_workers)
+
     def prepare(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """Views (train only) in raw scale, then normalisation, on the device. Token ids (integer inputs,
         text) and datasets without mean/std pass through unnormalised."""
@@ -247,16 +248,11 @@ class Trainer:
     @torch.no_grad()
     def teacher_features(self, taps: list[str]) -> dict[str, torch.Tensor]:
         """The first teacher's features at ``taps`` over the training split, in order, without augmentation."""
-        from kdlab.data import make_loader
-
         if not self.teachers:
             raise KDLabError("this term fits to a teacher, but the recipe has none")
         teacher = self.teachers[0]
         teacher.add_taps(list(taps))
-        d = self.recipe.data
-        loader = make_loader(self.ds.train, batch_size=d.eval_batch_size, shuffle=False, drop_last=False,
-                             device=self.device, seed=self.recipe.seed, resident=d.resident,
-                             num_workers=d.num_workers)
+        loader = self._loader(self.ds.train)
         seen = teacher.samples_seen
         chunks: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
         for x, _, _ in loader.iter_epoch(0):
