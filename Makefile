@@ -10,7 +10,7 @@ FASHION := /usr/share/datasets/fashion-mnist
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q $(TORCH_PIN) -e '.[test]'
+	$(VENV)/bin/pip install -q $(TORCH_PIN) -e '.[test,nlp]'
 	touch $@
 
 # Optional real data: the full Fashion-MNIST from Debian (tests that need it skip, with a reason, without it).
