@@ -394,28 +394,39 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, lists, booleans)."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, lists, mappings, booleans)."""
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise KDLabError(f"override {item!r} must look like key.path=value")
         key, _, raw = item.partition("=")
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        parts = key.strip().split(".")
-        node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            nxt_is_index = parts[i + 1].isdigit()
-            if isinstance(node, list):
-                node = node[int(part)]
-                continue
-            if part not in node or node[part] is None:
-                node[part] = [] if nxt_is_index else {}
-            node = node[part]
-        last = parts[-1]
+        try:
+            _set_path(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else "")
+        except (IndexError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
+            raise KDLabError(f"override {item!r} does not apply ({type(e).__name__}: {e})") from None
+    return data
+
+
+def _set_path(node: Any, parts: list[str], value: Any) -> None:
+    for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+            node = node[int(part)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if parts[i + 1].isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def merge_files(files: list[str | Path]) -> dict[str, Any]:
+    """Recipe files merged left to right (mappings deeply, ``objective`` and lists replaced whole)."""
+    data: dict[str, Any] = {}
+    for f in files:
+        data = deep_merge(data, read_file(f))
     return data
 
 
@@ -433,10 +444,7 @@ def load_recipe(source: str | Path | dict[str, Any] | list[str | Path], override
     if isinstance(source, dict):
         data, name = copy.deepcopy(source), "recipe"
     elif isinstance(source, list):
-        data = {}
-        for f in source:
-            data = deep_merge(data, read_file(f))
-        name = " + ".join(str(f) for f in source)
+        data, name = merge_files(source), " + ".join(str(f) for f in source)
     else:
         data, name = read_file(source), str(source)
     return validate(apply_overrides(data, overrides or []), name)

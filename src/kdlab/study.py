@@ -92,7 +92,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kdlab.engine.run import run_recipe
 from kdlab.errors import KDLabError
-from kdlab.recipe import Strict, _format_error, apply_overrides, deep_merge, load_recipe, read_file
+from kdlab.recipe import Strict, _format_error, apply_overrides, deep_merge, load_recipe, merge_files, read_file
 
 SUMMARY = "summary.json"
 STUDY_META = "study.json"
@@ -293,20 +293,11 @@ def cell_path(cell: dict[str, str]) -> Path:
     return Path(*[f"{_safe(a)}-{_safe(v)}" for a, v in cell.items()]) if cell else Path()
 
 
-def _merge_files(files: Sequence[str]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for f in files:
-        data = deep_merge(data, read_file(f))
-    return data
-
-
 def _apply(data: dict[str, Any], overrides: Sequence[str], where: str) -> dict[str, Any]:
     try:
         return apply_overrides(data, list(overrides))
     except KDLabError as e:
         raise KDLabError(f"{where}: {e}") from None
-    except (IndexError, KeyError, TypeError, ValueError) as e:
-        raise KDLabError(f"{where}: override {list(overrides)} does not apply ({type(e).__name__}: {e})") from None
 
 
 def _for_run(overrides: Sequence[str], data: dict[str, Any]) -> list[str]:
@@ -342,15 +333,15 @@ def plan_study(study: Study, *, out: str | Path | None = None, validate: bool = 
     out_dir = Path(out if out is not None else study.out)
     axes = list(study.grid.items())
     cells = [dict(zip([a for a, _ in axes], combo)) for combo in itertools.product(*[list(v) for _, v in axes])]
-    base = _merge_files(study.base)
+    base = merge_files(study.base)
     method_data = {}
     for label, m in study.methods.items():
-        d = deep_merge(base, _merge_files(m.file))
+        d = deep_merge(base, merge_files(m.file))
         d = deep_merge(d, m.recipe)
         method_data[label] = _apply(d, m.overrides, f"method {label}")
     teacher_base = None
     if study.teacher is not None:
-        teacher_base = _apply(_merge_files(study.teacher.recipe), study.teacher.overrides, "teacher.overrides")
+        teacher_base = _apply(merge_files(study.teacher.recipe), study.teacher.overrides, "teacher.overrides")
 
     teachers: dict[str, PlannedRun] = {}
     students: list[PlannedRun] = []
