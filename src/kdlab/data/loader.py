@@ -55,10 +55,31 @@ def _check(batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
+class _EpochBatches:
+    """What every loader shares: batch geometry and the (seed, epoch)-determined sample order."""
+
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool,
+                 device: str | torch.device, seed: int):
+        _check(batch_size)
+        self.num_samples = int(num_samples)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.device = torch.device(device)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The epoch's sample order (CPU int64)."""
+        return epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
+
+
 # ------------------------------------------------------------------------------------------------ in memory
 
 
-class TensorLoader:
+class TensorLoader(_EpochBatches):
     """Batches of an in-memory :class:`~kdlab.data.base.Split`.
 
     ``resident=True`` moves the whole split to ``device`` once (at construction), so batching is pure device
@@ -77,12 +98,7 @@ class TensorLoader:
         seed: int = 0,
         resident: bool = True,
     ):
-        _check(batch_size)
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.device = torch.device(device)
-        self.seed = int(seed)
+        super().__init__(len(split.y), batch_size, shuffle, drop_last, device, seed)
         self.resident = resident
         # Floating inputs become float32; integer inputs (token ids of text datasets) stay integers.
         x = split.x.float() if split.x.is_floating_point() and split.x.dtype != torch.float32 else split.x
@@ -90,14 +106,6 @@ class TensorLoader:
         if resident:
             x, y = x.to(self.device), y.to(self.device)
         self.x, self.y = x, y
-        self.num_samples = len(y)
-
-    def __len__(self) -> int:
-        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """The epoch's sample order (CPU int64)."""
-        return epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
 
     def iter_epoch(self, epoch: int) -> Iterator[Batch]:
         order = self.order(epoch)
@@ -171,7 +179,7 @@ def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch
     return x, torch.as_tensor([int(lab) for _, lab in items], dtype=torch.int64)
 
 
-class StreamLoader:
+class StreamLoader(_EpochBatches):
     """Batches of a :class:`StreamSplit`, decoded by ``num_workers`` DataLoader worker processes.
 
     Same interface and epoch order as :class:`TensorLoader`. Batches travel as uint8 and are converted to
@@ -191,22 +199,10 @@ class StreamLoader:
         num_workers: int = 0,
         prefetch_factor: int = 2,
     ):
-        _check(batch_size)
+        super().__init__(len(split), batch_size, shuffle, drop_last, device, seed)
         self.split = split
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.device = torch.device(device)
-        self.seed = int(seed)
         self.num_workers = int(num_workers)
         self.prefetch_factor = prefetch_factor
-        self.num_samples = len(split)
-
-    def __len__(self) -> int:
-        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        return epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
 
     def iter_epoch(self, epoch: int) -> Iterator[Batch]:
         batches = _batches(self.order(epoch), self.batch_size, self.drop_last)
