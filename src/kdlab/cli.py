@@ -21,17 +21,24 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"seeds must look like 0,1,2 or 0-4, got {text!r}") from None
 
 
+def _files_and_overrides(items: list[str], missing: str) -> tuple[list[str], list[str]]:
+    """Positional arguments: recipe files (merged left to right) and key.path=value overrides."""
+    from kdlab.recipe import RECIPE_SUFFIXES
+
+    files = [a for a in items if a.endswith(RECIPE_SUFFIXES) and "=" not in a]
+    if not files:
+        raise KDLabError(missing)
+    return files, [a for a in items if a not in files]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from kdlab.engine import resume_run, run_recipe
-    from kdlab.recipe import RECIPE_SUFFIXES, load_recipe
+    from kdlab.recipe import load_recipe
 
     if args.resume:
         resume_run(args.resume)
         return 0
-    files = [a for a in args.recipe if a.endswith(RECIPE_SUFFIXES) and "=" not in a]
-    overrides = [a for a in args.recipe if a not in files]
-    if not files:
-        raise KDLabError("kdlab run needs at least one RECIPE file (or --resume RUN_DIR)")
+    files, overrides = _files_and_overrides(args.recipe, "kdlab run needs at least one RECIPE file (or --resume RUN_DIR)")
     if args.out:
         overrides.append(f"out={args.out}")
     base = load_recipe(files, overrides)
@@ -114,12 +121,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import json
 
     from kdlab.engine.diagnose import t_stddev
-    from kdlab.recipe import RECIPE_SUFFIXES, load_recipe
+    from kdlab.recipe import load_recipe
 
-    files = [a for a in args.recipe if a.endswith(RECIPE_SUFFIXES) and "=" not in a]
-    overrides = [a for a in args.recipe if a not in files]
-    if not files:
-        raise KDLabError("kdlab diagnose needs at least one RECIPE file")
+    files, overrides = _files_and_overrides(args.recipe, "kdlab diagnose needs at least one RECIPE file")
     out = t_stddev(load_recipe(files, overrides), epochs=args.epochs, group=args.group)
     print(json.dumps(out, indent=2))
     return 0
