@@ -131,7 +131,7 @@ def test_study_schema_errors(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "teachers", "students"), [
-    ("nine_methods_noise", 4, 10 * 8 * 3), ("nine_methods_imbalance", 3, 10 * 3 * 3), ("capacity_gap", 6, 10 * 6 * 3)])
+    ("nine_methods_noise", 4, 10 * 8 * 3), ("nine_methods_imbalance", 3, 10 * 3 * 3), ("capacity_gap", 6, 6 * 6 * 3)])
 def test_ready_study_files_expand(name, teachers, students):
     st, folder = load_study(R / "studies" / f"{name}.yaml")
     assert st.name == name and st.baseline == "ce"
