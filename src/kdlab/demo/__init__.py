@@ -1,7 +1,8 @@
 """The embedded default demo: a teacher, then CE and Hinton-KD students over seeds, on digits, offline.
 
 The recipes beside this file are ordinary kdlab recipes; the demo only fills in where the teacher's run
-folder is. Finished runs are reused, so a second `kdlab demo` only prints the table.
+folder is (the CE students get it too, for the agreement and KL(T||S) metrics only: their objective has no
+teacher term). Finished runs are reused, so a second `kdlab demo` only prints the table.
 """
 
 from __future__ import annotations
