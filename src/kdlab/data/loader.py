@@ -10,6 +10,11 @@ Both loaders share one interface::
 The order of an epoch comes from a fresh CPU ``torch.Generator`` seeded by ``(seed, epoch)`` alone, so any
 epoch can be replayed on its own (bitwise resume from a checkpoint without replaying earlier epochs).
 ``idx`` are the sample indices within the split (for per-sample caches such as stored teacher logits).
+
+Data-parallel sharding (``rank``/``world``, used under ``torchrun``): every rank draws the same
+``(seed, epoch)`` order and keeps the contiguous chunk ``order[rank * m:(rank + 1) * m]`` with
+``m = n // world``; the last ``n % world`` samples of that epoch's order are dropped (a different set each
+shuffled epoch), so every rank runs the same number of steps. ``world=1`` is the whole order, unchanged.
 """
 
 from __future__ import annotations
@@ -59,9 +64,13 @@ class _EpochBatches:
     """What every loader shares: batch geometry and the (seed, epoch)-determined sample order."""
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool,
-                 device: str | torch.device, seed: int):
+                 device: str | torch.device, seed: int, rank: int = 0, world: int = 1):
         _check(batch_size)
-        self.num_samples = int(num_samples)
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"need 0 <= rank < world, got rank={rank} world={world}")
+        self.total_samples = int(num_samples)
+        self.rank, self.world = int(rank), int(world)
+        self.num_samples = self.total_samples // self.world  # samples this rank sees per epoch
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -71,9 +80,17 @@ class _EpochBatches:
     def __len__(self) -> int:
         return _num_batches(self.num_samples, self.batch_size, self.drop_last)
 
+    def full_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's sample order over the whole split (CPU int64), the same on every rank."""
+        return epoch_order(self.total_samples, self.seed, epoch, self.shuffle)
+
     def order(self, epoch: int) -> torch.Tensor:
-        """The epoch's sample order (CPU int64)."""
-        return epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
+        """This rank's share of the epoch's sample order (CPU int64): all of it when ``world == 1``."""
+        order = self.full_order(epoch)
+        if self.world == 1:
+            return order
+        m = self.num_samples
+        return order[self.rank * m:(self.rank + 1) * m]
 
 
 # ------------------------------------------------------------------------------------------------ in memory
@@ -97,8 +114,10 @@ class TensorLoader(_EpochBatches):
         device: str | torch.device = "cpu",
         seed: int = 0,
         resident: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ):
-        super().__init__(len(split.y), batch_size, shuffle, drop_last, device, seed)
+        super().__init__(len(split.y), batch_size, shuffle, drop_last, device, seed, rank, world)
         self.resident = resident
         # Floating inputs become float32; integer inputs (token ids of text datasets) stay integers.
         x = split.x.float() if split.x.is_floating_point() and split.x.dtype != torch.float32 else split.x
@@ -198,8 +217,10 @@ class StreamLoader(_EpochBatches):
         seed: int = 0,
         num_workers: int = 0,
         prefetch_factor: int = 2,
+        rank: int = 0,
+        world: int = 1,
     ):
-        super().__init__(len(split), batch_size, shuffle, drop_last, device, seed)
+        super().__init__(len(split), batch_size, shuffle, drop_last, device, seed, rank, world)
         self.split = split
         self.num_workers = int(num_workers)
         self.prefetch_factor = prefetch_factor
@@ -232,15 +253,20 @@ def make_loader(
     seed: int = 0,
     resident: bool = True,
     num_workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> TensorLoader | StreamLoader:
     """The loader for ``split``: :class:`StreamLoader` for a :class:`StreamSplit`, else :class:`TensorLoader`.
 
-    ``resident`` only applies to in-memory splits and ``num_workers`` only to streaming ones.
+    ``resident`` only applies to in-memory splits and ``num_workers`` only to streaming ones; ``rank`` and
+    ``world`` shard every epoch's order for data-parallel training (module docstring).
     """
     if isinstance(split, StreamSplit):
         return StreamLoader(
-            split, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed, num_workers=num_workers
+            split, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed, num_workers=num_workers,
+            rank=rank, world=world,
         )
     return TensorLoader(
-        split, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed, resident=resident
+        split, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed, resident=resident,
+        rank=rank, world=world,
     )

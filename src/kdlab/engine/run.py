@@ -3,6 +3,10 @@
 Run folder: ``recipe.yaml`` (resolved), ``env.json`` (versions, git commit, device, command),
 ``metrics.jsonl``, ``tb/``, ``checkpoint.safetensors`` (resume point), ``best.safetensors`` and
 ``student.safetensors`` (bare student weights), ``summary.json`` (final and best metrics).
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) ``run_recipe`` initialises the process group
+(``kdlab.engine.distributed.setup``), every rank decides what to do with an existing folder from the same
+files, rank 0 alone prepares and writes the folder, and every rank resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from kdlab.engine import distributed as dist
 from kdlab.engine.checkpoint import atomic_write
 from kdlab.engine.trainer import CHECKPOINT, Trainer, load_checkpoint
 from kdlab.errors import KDLabError
@@ -156,32 +161,44 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
     """
     run_dir = Path(run_dir) if run_dir is not None else recipe.run_dir()
     summary_path = run_dir / "summary.json"
+    # torchrun (WORLD_SIZE > 1): the process group first, so that the ranks can wait for each other
+    device = dist.setup(pick_device(recipe.train.device)) if dist.requested() else None
+    main = dist.is_main()
+    wipe = False  # every rank decides from the same files; only rank 0 deletes or writes
     if run_dir.exists() and any(run_dir.iterdir()):
         saved = run_dir / "recipe.yaml"
         if existing == "overwrite":
-            shutil.rmtree(run_dir)
+            wipe = True
         elif existing == "error":
             raise KDLabError(f"run folder {run_dir} exists; resume it with `kdlab run --resume {run_dir}` or pass --force")
         elif saved.exists() and load_recipe(saved).to_dict() != recipe.to_dict():
             if (run_dir / CHECKPOINT).exists():
                 raise KDLabError(f"run folder {run_dir} holds a different recipe; choose another `out`/`name` "
                                  "or pass --force")
-            shutil.rmtree(run_dir)  # it never finished an epoch (e.g. a recipe error at start-up): nothing to keep
+            wipe = True  # it never finished an epoch (e.g. a recipe error at start-up): nothing to keep
         elif summary_path.exists():
             summary = json.loads(summary_path.read_text())
             if summary.get("status") == "finished":
                 return summary
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume = load_checkpoint(run_dir) if (run_dir / CHECKPOINT).exists() else None
+    dist.barrier()  # every rank has decided before rank 0 changes the folder
+    if main:
+        if wipe:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    resume = load_checkpoint(run_dir) if (run_dir / CHECKPOINT).exists() else None  # the same on every rank
 
     set_threads(recipe.train.threads)
-    device = pick_device(recipe.train.device)
-    dataset = build_data(recipe, run_dir)
-    _write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    env_path = run_dir / "env.json"
-    env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}
-    env["runs"].append({**provenance(device), "resumed_from_epoch": resume["global_epoch"] if resume else None})
-    _write_text(env_path, json.dumps(env, indent=2))
+    if device is None:
+        device = pick_device(recipe.train.device)
+    dataset = build_data(recipe, run_dir if main else None)
+    if main:
+        _write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        env_path = run_dir / "env.json"
+        env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}
+        env["runs"].append({**provenance(device), "resumed_from_epoch": resume["global_epoch"] if resume else None,
+                            **({"world_size": dist.world()} if dist.world() > 1 else {})})
+        _write_text(env_path, json.dumps(env, indent=2))
 
     torch.manual_seed(recipe.seed)  # model initialisation is a function of the seed
     students = [build_model_for(s, dataset) for s in [recipe.student, *recipe.cohort]]
@@ -189,7 +206,11 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
     trainer = Trainer(recipe, run_dir, dataset, students, teachers, device, callbacks=callbacks)
     summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run_dir)
+    if not main:  # rank 0 writes the summary; return once it is on disk
+        dist.barrier()
+        return summary
     _write_text(summary_path, json.dumps(summary, indent=2))
+    dist.barrier()
     if not quiet:
         f, b = summary["final"], summary["best"]
         print(f"{recipe.name} seed {recipe.seed}: top-1 last {100 * f.get('test/top1', float('nan')):.2f} "

@@ -5,6 +5,11 @@ Every method, every stage of a multi-stage recipe and every online cohort (DML) 
 Reproducibility: each epoch reseeds every RNG from (seed, global epoch) and the loader draws its order
 from the same pair, so a run resumed from an epoch-end checkpoint replays the same batches and ends with
 bitwise identical weights on the CPU.
+
+Under ``torchrun`` (``kdlab.engine.distributed``) the same loop runs on every rank: the training loader
+yields this rank's shard of the epoch order, gradients of students and connectors are averaged across ranks
+after each backward, the logged training losses are averaged across ranks, and evaluation, logging,
+checkpoints and weights are rank 0's (the others wait at a barrier). One process: nothing changes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from kdlab.capture import Capture, probe_shapes
+from kdlab.engine import distributed as dist
 from kdlab.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
 from kdlab.engine.logger import RunLogger
 from kdlab.engine.metrics import classification_metrics
@@ -127,7 +133,7 @@ class Trainer:
         else:  # text (token ids) or unnormalised data: perturbation views bound nothing
             self.lo = self.hi = None
         self.train_data = TrainData(dataset.train, lambda raw: self.prepare(raw.to(device), None))
-        self.train_loader = self._loader(dataset.train, shuffle=True)
+        self.train_loader = self._loader(dataset.train, shuffle=True, shard=True)
         val = getattr(dataset, "val", None)
         self.val_loader = None if val is None else self._loader(val)
         # The best epoch is picked on validation when there is one (early stopping without peeking at test);
@@ -135,7 +141,8 @@ class Trainer:
         self.select_by = "val/top1" if val is not None else "test/top1"
         self.eval_loader = self._loader(dataset.test)
         self.stages = plan_stages(recipe)
-        self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard)
+        self.main = dist.is_main()  # rank 0 (always, in one process) evaluates and writes the run folder
+        self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard) if self.main else None
         self._teacher_eval: torch.Tensor | None = None
         self._prev_objectives: nn.ModuleList | None = None
         self.best: dict[str, Any] = {}
@@ -143,14 +150,16 @@ class Trainer:
         self.wall_s = 0.0
 
     # ------------------------------------------------------------------ building blocks
-    def _loader(self, split: Any, shuffle: bool = False) -> Any:
-        """Training order (shuffled, the recipe's batch size) or evaluation order (in order, eval batch size)."""
+    def _loader(self, split: Any, shuffle: bool = False, shard: bool = False) -> Any:
+        """Training order (shuffled, the recipe's batch size) or evaluation order (in order, eval batch size).
+        ``shard``: this rank's part of every epoch's order (data-parallel training; all of it in one process)."""
         from kdlab.data import make_loader
 
         d = self.recipe.data
+        extra = {"rank": dist.rank(), "world": dist.world()} if shard and dist.world() > 1 else {}
         return make_loader(split, batch_size=d.batch_size if shuffle else d.eval_batch_size, shuffle=shuffle,
                            drop_last=d.drop_last and shuffle, device=self.device, seed=self.recipe.seed,
-                           resident=d.resident, num_workers=d.num_workers)
+                           resident=d.resident, num_workers=d.num_workers, **extra)
 
     def prepare(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """Views (train only) in raw scale, then normalisation, on the device. Token ids (integer inputs,
@@ -276,7 +285,8 @@ class Trainer:
             start_stage, start_epoch = resume["stage"], resume["epoch"]
             global_epoch = resume["global_epoch"]
             self.best, self.last, self.wall_s = resume["best"], resume["last"], resume["wall_s"]
-            self.logger.truncate(global_epoch)
+            if self.logger is not None:
+                self.logger.truncate(global_epoch)
         offset = sum(s.epochs for s in self.stages[:start_stage])
         try:
             for si in range(start_stage, len(self.stages)):
@@ -293,6 +303,7 @@ class Trainer:
                         self.scaler.load_state_dict(resume["scaler"])
                     set_rng_state(resume["rng"])
                     first = start_epoch
+                dist.broadcast_state(self._state_modules(objectives))  # every rank starts from rank 0's model
                 captures = [Capture(s, objectives[k].taps().student) for k, s in enumerate(self.students)]
                 try:
                     for epoch in range(first, stage.epochs):
@@ -303,7 +314,8 @@ class Trainer:
                         c.remove()
                 offset += stage.epochs
         finally:
-            self.logger.close()
+            if self.logger is not None:
+                self.logger.close()
         return self.summary()
 
     def _train_epoch(self, stage: Stage, si: int, epoch: int, g: int, objectives: nn.ModuleList,
@@ -332,9 +344,12 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(total).backward()
-                self.scaler.unscale_(opt)
             else:
                 total.backward()
+            if dist.world() > 1:  # data parallel: the mean gradient over ranks (students and connectors),
+                dist.all_reduce_grads([p for g_ in opt.param_groups for p in g_["params"]])  # before unscale_
+            if self.scaler is not None:  # so that every rank's scaler sees the same (in)finite gradients
+                self.scaler.unscale_(opt)
             if self.recipe.train.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]],
                                                self.recipe.train.grad_clip)
@@ -355,6 +370,11 @@ class Trainer:
                     cb.on_step_end(self, {"stage": si, "epoch": epoch, "step": step, "global_epoch": g})
         if progress is not None:
             progress.stop()
+        if dist.world() > 1:  # log the mean over all ranks' samples (every rank has the same keys)
+            keys = sorted(sums)
+            tot = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64,
+                                                   device=self.device)).tolist()
+            sums, count = dict(zip(keys, tot[:-1])), int(tot[-1])
         record: dict[str, Any] = {"epoch": epoch + 1, "global_epoch": g + 1, "stage": stage.name,
                                   "lr": lr0 * lr_factor(stage.schedule, epoch, 0, steps)}
         record.update({(k if k.startswith("view/") else f"train/{k}"): v / max(1, count) for k, v in sums.items()})
@@ -423,6 +443,14 @@ class Trainer:
 
     def _after_epoch(self, stage: Stage, si: int, epoch: int, g: int, record: dict[str, Any],
                      objectives: nn.ModuleList, opt: torch.optim.Optimizer) -> None:
+        if dist.world() > 1:
+            dist.broadcast_state(self._state_modules(objectives), params=False)  # per-rank BatchNorm stats
+            if not self.main:  # rank 0 evaluates and writes; the others wait for it
+                dist.barrier()
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_epoch_end"):
+                        cb.on_epoch_end(self, record)
+                return
         t0 = time.perf_counter()
         last_of_run = si == len(self.stages) - 1 and epoch == stage.epochs - 1
         if (epoch + 1) % self.recipe.train.eval_every == 0 or epoch == stage.epochs - 1:
@@ -448,6 +476,7 @@ class Trainer:
             save_weights(self.run_dir / "student.safetensors", self.students[0].state_dict())
             for k in range(1, len(self.students)):
                 save_weights(self.run_dir / f"cohort{k}.safetensors", self.students[k].state_dict())
+        dist.barrier()
         for cb in self.callbacks:
             if hasattr(cb, "on_epoch_end"):
                 cb.on_epoch_end(self, record)
@@ -456,7 +485,7 @@ class Trainer:
         show = self.recipe.train.progress
         if show is None:
             show = sys.stderr.isatty()
-        if not show:
+        if not show or not self.main:
             return None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -466,6 +495,8 @@ class Trainer:
         return p
 
     def summary(self) -> dict[str, Any]:
+        if not self.main:  # only rank 0 evaluated; the others' summary is not written
+            return {"name": self.recipe.name, "seed": self.recipe.seed, "status": "finished", "rank": dist.rank()}
         return {"name": self.recipe.name, "seed": self.recipe.seed,
                 "epochs": sum(s.epochs for s in self.stages), "wall_s": self.wall_s,
                 "final": self.last, "best": self.best, "teacher": self.teacher_metrics(), "status": "finished"}

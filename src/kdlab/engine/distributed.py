@@ -1,0 +1,140 @@
+"""Multi-process data-parallel training under ``torchrun`` (one process per device).
+
+Single-process runs never touch ``torch.distributed``: every helper here is a no-op (or returns rank 0 /
+world 1) unless ``WORLD_SIZE > 1`` and :func:`setup` has initialised the process group. Design:
+
+* ``setup()`` initialises the default process group from torchrun's environment (``nccl`` on CUDA,
+  ``gloo`` on the CPU) once per process; the device becomes ``cuda:LOCAL_RANK`` on CUDA.
+* Each rank trains on a contiguous, equal-sized chunk of the same (seed, epoch) order; the remainder
+  (``n % world`` samples of the shuffled order) is dropped for that epoch (see ``kdlab.data.loader``).
+* Gradients are synchronised by :func:`all_reduce_grads` after every backward: the gradients of all
+  trainable parameters (students *and* the objective's connectors) are flattened, summed across ranks and
+  divided by the world size. This is what ``DistributedDataParallel`` computes, without wrapping the students
+  (their state-dict keys, feature hooks, views and checkpoints stay exactly as in a single process).
+* Parameters and buffers are broadcast from rank 0 once per stage (after the objectives are built or
+  resumed); afterwards the averaged gradients keep the parameters identical on every rank, and only the
+  buffers (BatchNorm statistics, which each rank updates on its own shard) are broadcast at every epoch end,
+  so the model rank 0 evaluates and saves is the model every rank holds.
+* Evaluation, logs, checkpoints, weights and ``summary.json`` are rank 0's job; the others wait at a barrier.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+
+
+def requested() -> bool:
+    """True when launched by torchrun (or similar) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def setup(device: torch.device) -> torch.device:
+    """Initialise the process group when ``WORLD_SIZE > 1`` and return this rank's device."""
+    if not requested():
+        return device
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_teardown)
+    return device
+
+
+def _teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def _flat_op(tensors: list[torch.Tensor], op) -> None:
+    """Run ``op`` on one flattened float32 copy of ``tensors`` and copy the result back in place."""
+    if not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+    op(flat)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t).to(t.dtype))
+        offset += n
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` across ranks (a new tensor; the input when not distributed)."""
+    if not active():
+        return values
+    out = values.detach().clone()
+    dist.all_reduce(out)
+    return out / world()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if not active():
+        return values
+    out = values.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
+def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average ``.grad`` across ranks. A parameter without a gradient on any rank counts as zero there;
+    one without a gradient on every rank keeps ``grad = None`` (the optimiser then skips it, as it would
+    in a single process)."""
+    if not active():
+        return
+    params = list(params)
+    if not params:
+        return
+    dev = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=dev)
+    dist.all_reduce(has)
+    grads = []
+    for p, h in zip(params, has.tolist()):
+        if h == 0:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    n = world()
+    _flat_op(grads, lambda flat: (dist.all_reduce(flat), flat.div_(n)))
+
+
+def broadcast_state(module: torch.nn.Module, params: bool = True) -> None:
+    """Copy rank 0's buffers (and parameters, unless ``params=False``) into every rank's ``module``."""
+    if not active():
+        return
+    with torch.no_grad():
+        tensors = ([p.data for p in module.parameters()] if params else []) + [b for b in module.buffers()]
+        floats = [t for t in tensors if t.is_floating_point()]
+        others = [t for t in tensors if not t.is_floating_point()]
+        _flat_op(floats, lambda flat: dist.broadcast(flat, 0))
+        for t in others:  # e.g. BatchNorm's num_batches_tracked (a few scalars)
+            dist.broadcast(t, 0)
