@@ -119,7 +119,17 @@ class TextModel(nn.Module):
     kdlab_taps: dict[str, str]
 
     def embedding_matrix(self) -> torch.Tensor:  # V×d
-        raise NotImplementedError
+        return self.tok.weight
+
+    def _make_tok(self, vocab_size: int, embed_dim: int, pad_id: int, special_ids: tuple[int, ...]) -> None:
+        """The shared attributes and a from-scratch token embedding ``tok`` (the students' own)."""
+        self.vocab_size, self.pad_id, self.special_ids, self.embed_dim = vocab_size, pad_id, special_ids, embed_dim
+        self.tok = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+
+    def _init_tok(self, std: float) -> None:
+        nn.init.normal_(self.tok.weight, 0.0, std)
+        with torch.no_grad():
+            self.tok.weight[self.pad_id].zero_()
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """N×L×d input embeddings of token ids, with pad positions set to exactly zero."""
@@ -333,9 +343,8 @@ class TextTransformer(TextModel):
                  d_model: int = 128, layers: int = 2, heads: int = 4, ff: int | None = None, dropout: float = 0.1,
                  pooling: str = "mean"):
         super().__init__()
-        self.vocab_size, self.pad_id, self.special_ids, self.embed_dim = vocab_size, pad_id, special_ids, d_model
+        self._make_tok(vocab_size, d_model, pad_id, special_ids)
         self.max_len, self.pooling = max_len, pooling
-        self.tok = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.pos = nn.Embedding(max_len, d_model)
         self.emb_drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(_Block(d_model, heads, ff or 4 * d_model, dropout) for _ in range(layers))
@@ -343,14 +352,9 @@ class TextTransformer(TextModel):
         self.pool = nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, num_classes)
-        nn.init.normal_(self.tok.weight, 0.0, 0.02)
+        self._init_tok(0.02)
         nn.init.normal_(self.pos.weight, 0.0, 0.02)
-        with torch.no_grad():
-            self.tok.weight[pad_id].zero_()
         self.kdlab_taps = _taps([f"layers.{i}" for i in range(layers)])
-
-    def embedding_matrix(self) -> torch.Tensor:
-        return self.tok.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emb, mask = self.inputs(x)
@@ -371,19 +375,13 @@ class TextCNN(TextModel):
     def __init__(self, num_classes: int, vocab_size: int, pad_id: int, special_ids: tuple[int, ...],
                  embed_dim: int = 128, channels: int = 100, kernels: Sequence[int] = (3, 4, 5), dropout: float = 0.5):
         super().__init__()
-        self.vocab_size, self.pad_id, self.special_ids, self.embed_dim = vocab_size, pad_id, special_ids, embed_dim
-        self.tok = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        nn.init.normal_(self.tok.weight, 0.0, 0.1)
-        with torch.no_grad():
-            self.tok.weight[pad_id].zero_()
+        self._make_tok(vocab_size, embed_dim, pad_id, special_ids)
+        self._init_tok(0.1)
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, channels, k, padding=k // 2) for k in kernels)
         self.pool = nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(channels * len(kernels), num_classes)
         self.kdlab_taps = _taps([f"convs.{i}" for i in range(len(kernels))])
-
-    def embedding_matrix(self) -> torch.Tensor:
-        return self.tok.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emb, mask = self.inputs(x)
@@ -404,19 +402,13 @@ class BagOfEmbeddings(TextModel):
     def __init__(self, num_classes: int, vocab_size: int, pad_id: int, special_ids: tuple[int, ...],
                  embed_dim: int = 128, hidden: int = 128, dropout: float = 0.1):
         super().__init__()
-        self.vocab_size, self.pad_id, self.special_ids, self.embed_dim = vocab_size, pad_id, special_ids, embed_dim
-        self.tok = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        nn.init.normal_(self.tok.weight, 0.0, 0.1)
-        with torch.no_grad():
-            self.tok.weight[pad_id].zero_()
+        self._make_tok(vocab_size, embed_dim, pad_id, special_ids)
+        self._init_tok(0.1)
         self.hidden = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU()) if hidden else nn.Identity()
         self.pool = nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden or embed_dim, num_classes)
         self.kdlab_taps = _taps(["hidden"])
-
-    def embedding_matrix(self) -> torch.Tensor:
-        return self.tok.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emb, mask = self.inputs(x)
