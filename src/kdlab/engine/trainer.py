@@ -144,6 +144,7 @@ class Trainer:
         self.main = dist.is_main()  # rank 0 (always, in one process) evaluates and writes the run folder
         self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard) if self.main else None
         self._teacher_eval: torch.Tensor | None = None
+        self._eval_labels: dict[int, torch.Tensor] = {}
         self._prev_objectives: nn.ModuleList | None = None
         self.best: dict[str, Any] = {}
         self.last: dict[str, Any] = {}
@@ -236,13 +237,19 @@ class Trainer:
         model.train(was)
         return out
 
+    def _labels(self, loader: Any) -> torch.Tensor:
+        """An evaluation split's labels in loader order (fixed), gathered once."""
+        if id(loader) not in self._eval_labels:
+            self._eval_labels[id(loader)] = torch.cat([y.cpu() for _, y, _ in loader.iter_epoch(0)])
+        return self._eval_labels[id(loader)]
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics of every student on the test split, and on the validation split when the
         recipe carves one (``data.val_fraction``): then the best epoch is chosen on validation, not test."""
         t_logits = self.teacher_eval_logits()
         out: dict[str, float] = {}
-        ys = torch.cat([y.cpu() for _, y, _ in self.eval_loader.iter_epoch(0)])
+        ys = self._labels(self.eval_loader)
         for k, student in enumerate(self.students):
             m = classification_metrics(self._logits(student, self.eval_loader), ys, t_logits)
             if k == 0:
@@ -250,7 +257,7 @@ class Trainer:
             else:
                 out[f"cohort{k}/test/top1"] = m["test/top1"]
         if self.val_loader is not None:
-            yv = torch.cat([y.cpu() for _, y, _ in self.val_loader.iter_epoch(0)])
+            yv = self._labels(self.val_loader)
             out.update(classification_metrics(self._logits(self.students[0], self.val_loader), yv, prefix="val/"))
         return out
 
@@ -275,8 +282,7 @@ class Trainer:
         t_logits = self.teacher_eval_logits()
         if t_logits is None:
             return {}
-        ys = torch.cat([y.cpu() for _, y, _ in self.eval_loader.iter_epoch(0)])
-        return classification_metrics(t_logits, ys)
+        return classification_metrics(t_logits, self._labels(self.eval_loader))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -331,6 +337,7 @@ class Trainer:
         t0 = time.perf_counter()
         lr0 = stage.optim.lr
         seen0 = self.teachers[0].samples_seen if self.teachers else 0
+        params = [p for group in opt.param_groups for p in group["params"]]  # what the step updates
         progress = self._progress(f"{self.recipe.name} [{stage.name}] epoch {epoch + 1}/{stage.epochs}", steps)
         for step, (x, y, idx) in enumerate(self.train_loader.iter_epoch(g)):
             factor = lr_factor(stage.schedule, epoch, step, steps)
@@ -347,12 +354,11 @@ class Trainer:
             else:
                 total.backward()
             if dist.world() > 1:  # data parallel: the mean gradient over ranks (students and connectors),
-                dist.all_reduce_grads([p for g_ in opt.param_groups for p in g_["params"]])  # before unscale_
+                dist.all_reduce_grads(params)  # before unscale_
             if self.scaler is not None:  # so that every rank's scaler sees the same (in)finite gradients
                 self.scaler.unscale_(opt)
             if self.recipe.train.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_([p for g_ in opt.param_groups for p in g_["params"]],
-                                               self.recipe.train.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, self.recipe.train.grad_clip)
             if self.scaler is not None:
                 self.scaler.step(opt)
                 self.scaler.update()
