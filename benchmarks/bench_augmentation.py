@@ -22,7 +22,8 @@ from _runner import cli, report, run_arms
 PAIR = ["recipes/digits/pair.yaml", "recipes/methods/kd.yaml"]
 
 
-def arms(epochs: int, structure: str) -> dict:
+def digits200(epochs: int, structure: str) -> list[str]:
+    """The digits-200 KD setting shared with bench_backward.py, as overrides of the digits pair."""
     m = [round(epochs * f) for f in (0.625, 0.75, 0.875)]
     base = [
         "data.kwargs={train_subset: 200}", "data.augment=[{name: crop, padding: 1}]",
@@ -31,6 +32,11 @@ def arms(epochs: int, structure: str) -> dict:
     ]
     if structure == "stable":
         base += ["train.concat_views=true", "train.grad_clip=5"]
+    return base
+
+
+def arms(epochs: int, structure: str) -> dict:
+    base = digits200(epochs, structure)
     pick = "views=[{name: cutmix_pick, criterion: %s}]"
     return {
         "ce": (PAIR, [*base, "objective={ce: {weight: 1.0}}"]),

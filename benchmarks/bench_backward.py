@@ -14,17 +14,11 @@ from __future__ import annotations
 import time
 
 from _runner import cli, report, run_arms
-
-PAIR = ["recipes/digits/pair.yaml", "recipes/methods/kd.yaml"]
+from bench_augmentation import PAIR, digits200
 
 
 def arms(epochs: int) -> dict:
-    m = [round(epochs * f) for f in (0.625, 0.75, 0.875)]
-    base = [
-        "data.kwargs={train_subset: 200}", "data.augment=[{name: crop, padding: 1}]",
-        f"schedule.epochs={epochs}", f"schedule.milestones={m}", "train.concat_views=true", "train.grad_clip=5",
-        "objective={ce: {weight: 0.1}, kd: {weight: 0.9, tau: 4}}",
-    ]
+    base = digits200(epochs, "stable")
     view = "views=[{name: backward, direction: %s, eta: 0.1, steps: 1, weight: 0.25}]"
     return {
         "kd": (PAIR, base),
