@@ -70,8 +70,8 @@ def ref_rkd(s, t):
     def dist_pot(e):
         b = len(e)
         d = [[norm(sub(e[i], e[j])) for j in range(b)] for i in range(b)]
-        nz = [v for row in d for v in row if v > 0]
-        mu = sum(nz) / len(nz) if nz else 1.0
+        off = [d[i][j] for i in range(b) for j in range(b) if i != j]  # every pair of distinct samples
+        mu = sum(off) / len(off) if off and sum(off) > 0 else 1.0
         return [v / mu for row in d for v in row]
 
     def angle_pot(e):
@@ -155,6 +155,17 @@ def test_rkd_with_duplicate_rows_matches_reference():
     want_d, want_a = ref_rkd(s, t)
     assert out["dist"].item() == pytest.approx(want_d, rel=1e-5, abs=1e-6)
     assert out["angle"].item() == pytest.approx(want_a, rel=1e-5, abs=1e-6)
+
+
+def test_rkd_distance_normaliser_counts_duplicate_pairs():
+    """Park et al. Eq. 4: mu averages over all pairs i != j, so a duplicated row lowers mu (its zero distance
+    counts). Rows a, a, b: distances a-b = 5 (four ordered pairs), a-a = 0 (two): mu = 20 / 6, not 20 / 4."""
+    from kdlab.methods.relations import rkd_distance_potential
+
+    e = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
+    pot = rkd_distance_potential(e)
+    assert pot[0, 2].item() == pytest.approx(5.0 / (20.0 / 6.0), rel=1e-6)
+    assert torch.equal(rkd_distance_potential(torch.ones(3, 2)), torch.zeros(3, 3))  # mu = 0: zeros, no NaN
 
 
 def test_rkd_angle_paths_agree_and_coinciding_student_rows_have_bounded_gradients():

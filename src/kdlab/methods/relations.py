@@ -53,14 +53,16 @@ def pairwise_distances(e: torch.Tensor) -> torch.Tensor:
 
 
 def rkd_distance_potential(e: torch.Tensor) -> torch.Tensor:
-    """psi_D(i, j) = ||e_i - e_j|| / mu, mu = mean of the nonzero pairwise distances of the batch.
+    """psi_D(i, j) = ||e_i - e_j|| / mu, mu = mean distance over all B(B-1) pairs of distinct samples i != j
+    (Park et al. 2019, Eq. 4; RepDistiller and the authors' code clamp each squared distance at 1e-12, so
+    duplicate embeddings count as distance ~0 in the mean, never drop out of it).
 
-    When no distance is nonzero (batch of 1, all embeddings identical) mu is undefined; the potential is
-    then all zeros (nothing to normalise), never NaN."""
+    When mu is 0 (batch of 1, all embeddings identical) there is nothing to normalise: the potential is
+    then all zeros, never NaN."""
     d = pairwise_distances(e)
-    nz = d > 0
-    mu = d.sum() / nz.sum().clamp(min=1)
-    return d / torch.where(nz.any(), mu, torch.ones_like(mu))
+    b = d.shape[0]
+    mu = d.sum() / max(1, b * (b - 1))  # the diagonal is exactly 0, so the sum runs over i != j
+    return d / torch.where(mu > 0, mu, torch.ones_like(mu))
 
 
 def rkd_angle_potential(e: torch.Tensor) -> torch.Tensor:
