@@ -188,6 +188,24 @@ def test_dkd_two_classes_is_finite_and_equals_binary_kl(scale):
     assert torch.isfinite(s.grad).all()
 
 
+def test_dkd_tckd_keeps_fp32_precision_when_p_target_is_small():
+    """TCKD from float32 logits against the binary KL computed in float64 with probabilities: with the target
+    class ~8 logits below the rest, log(1 - p) as a difference of two logsumexps lost ~6e-5 relative precision;
+    log1p keeps it near fp32 rounding."""
+    g = torch.Generator().manual_seed(0)
+    b, c, tau = 64, 100, 4.0
+    s = torch.randn(b, c, generator=g, dtype=torch.float64) * 2
+    t = torch.randn(b, c, generator=g, dtype=torch.float64) * 2
+    y = torch.randint(0, c, (b,), generator=g)
+    s[torch.arange(b), y] -= 8.0
+    t[torch.arange(b), y] -= 6.0
+    p_s = (s / tau).softmax(-1).gather(1, y[:, None])[:, 0]
+    p_t = (t / tau).softmax(-1).gather(1, y[:, None])[:, 0]
+    want = (p_t * (p_t / p_s).log() + (1 - p_t) * ((1 - p_t) / (1 - p_s)).log()).mean().item() * tau * tau
+    out = DecoupledKD(DecoupledKD.Params(tau=tau, warmup=0))(ctx_for(s.float(), t.float(), y))
+    assert abs(out["tckd"].item() - want) / want < 2e-6
+
+
 def test_dkd_identical_logits_and_flat_logits_give_zero():
     s = logits(5, 7, 5)
     y = torch.tensor([0, 3, 6, 2, 2])

@@ -8,6 +8,7 @@ sample's logits (student and teacher separately) before the temperature (Sun et 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -124,12 +125,28 @@ class LogitStandardizedKD(HintonKD):
 # ---------------------------------------------------------------------------------------------- DKD
 
 
+def _log_binary(z_target: torch.Tensor, z_rest: torch.Tensor) -> torch.Tensor:
+    """(B, 2) log(p, 1 - p) of the target class, p = softmax(z)[target], accurate at both ends.
+
+    Small p: log(1 - p) = log1p(-p) (the difference ``logsumexp(rest) - logsumexp(all)`` of two nearly equal
+    numbers loses ~1e-4 relative precision in fp32 there). p near 1: that difference is exact (it is
+    log(sum of tiny non-target shares)) while 1 - p would round away; the two are switched at p = 1/2."""
+    lse_rest = torch.logsumexp(z_rest, -1)
+    lse_all = torch.logaddexp(z_target, lse_rest)
+    log_p = z_target - lse_all
+    small = log_p < -math.log(2.0)
+    # clamp the unused branch's input too, so its gradient (masked by where) is never 0 * inf = NaN
+    log_q = torch.where(small, torch.log1p(-log_p.clamp(max=-math.log(2.0)).exp()), lse_rest - lse_all)
+    return torch.stack([log_p, log_q], -1)
+
+
 def dkd_parts(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD) of decoupled KD, each tau^2 * batchmean KL, computed entirely in log space.
 
-    TCKD: KL between the binary distributions (p_target, 1 - p_target). log(1 - p_target) is
-    logsumexp(non-target logits) - logsumexp(all logits), so it never takes the log of a rounded-to-zero
-    probability (mdistiller takes ``torch.log`` of the masked softmax and returns inf/NaN there).
+    TCKD: KL between the binary distributions (p_target, 1 - p_target), from log-probabilities only
+    (``_log_binary``: log1p(-p) for small p, logsumexp(non-target) - logsumexp(all) for p near 1), so it never
+    takes the log of a rounded-to-zero probability (mdistiller takes ``torch.log`` of the masked softmax and
+    returns inf/NaN there) and keeps fp32 precision when p_target is small.
     NCKD: KL between the softmaxes over the C-1 non-target logits (gathered, not masked). With 2 classes
     that distribution has a single class, so NCKD is exactly 0.
     """
@@ -141,9 +158,8 @@ def dkd_parts(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, tau: float) -> 
     # non-target logits, row order preserved: (B, C-1)
     zs_nt = zs[~gt].view(b, c - 1)
     zt_nt = zt[~gt].view(b, c - 1)
-    lse_s, lse_t = torch.logsumexp(zs, -1), torch.logsumexp(zt, -1)
-    log_b_s = torch.stack([zs[gt] - lse_s, torch.logsumexp(zs_nt, -1) - lse_s], -1)  # log(p_t, 1-p_t)
-    log_b_t = torch.stack([zt[gt] - lse_t, torch.logsumexp(zt_nt, -1) - lse_t], -1)
+    log_b_s = _log_binary(zs[gt], zs_nt)  # log(p_t, 1 - p_t)
+    log_b_t = _log_binary(zt[gt], zt_nt)
     tckd = (log_b_t.exp() * (log_b_t - log_b_s)).sum(-1).mean()
     log_q_s = F.log_softmax(zs_nt, -1)
     log_q_t = F.log_softmax(zt_nt, -1)
