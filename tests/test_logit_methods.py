@@ -247,9 +247,14 @@ def test_dist_batch_of_one_drops_intra_and_identical_gives_zero():
     s, t = logits(1, 6, 10), logits(1, 6, 11)
     out = DIST()(ctx_for(s, t))
     assert out["intra"].item() == 0.0
-    assert out["inter"].item() == pytest.approx(ref_dist(s, t, 1.0)[0], rel=1e-5)
+    assert out["inter"].item() == pytest.approx(ref_dist(s, t, 4.0)[0], rel=1e-5)
     s = logits(4, 6, 12)
-    assert total(DIST()(ctx_for(s, s.clone()))).item() == pytest.approx(0.0, abs=1e-5)
+    assert total(DIST()(ctx_for(s, s.clone()))).item() == pytest.approx(0.0, abs=1e-4)  # tau^2 = 16 x fp32 rounding
+
+
+def test_dist_defaults_are_the_authors_cifar100_setting():
+    p = DIST.Params()
+    assert (p.tau, p.weight, p.beta, p.gamma) == (4.0, 2.0, 1.0, 1.0)
 
 
 def test_dist_all_zero_logits_are_finite_with_finite_gradients():
@@ -310,7 +315,7 @@ def test_standardize_switch_on_dkd_dist_mlkd_uses_zscored_logits():
     assert out["tckd"].item() == pytest.approx(want_t, rel=1e-5)
     assert out["nckd"].item() == pytest.approx(want_n, rel=1e-5)
     out = DIST(DIST.Params(standardize=True))(ctx_for(s, t))
-    assert out["inter"].item() == pytest.approx(ref_dist(zs, zt, 1.0)[0], rel=1e-4)
+    assert out["inter"].item() == pytest.approx(ref_dist(zs, zt, 4.0)[0], rel=1e-4)
     # MLKD: the authors' code z-scores only the instance level
     out = MultiLevelKD(MultiLevelKD.Params(standardize=True))(ctx_for(s, t))
     temps = [2.0, 3.0, 4.0, 5.0, 6.0]
