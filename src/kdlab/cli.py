@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kdlab.recipe import load_recipe
 
     if args.resume:
-        resume_run(args.resume)
+        resume_run(args.resume, wait=args.wait)
         return 0
     files, overrides = _files_and_overrides(args.recipe, "kdlab run needs at least one RECIPE file (or --resume RUN_DIR)")
     if args.out:
@@ -44,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = load_recipe(files, overrides)
     for seed in args.seeds or [base.seed]:
         recipe = base.model_copy(update={"seed": seed})
-        run_recipe(recipe, existing="overwrite" if args.force else "resume")
+        run_recipe(recipe, existing="overwrite" if args.force else "resume", wait=args.wait)
     return 0
 
 
@@ -148,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=_seeds, help="seeds to run, e.g. 0,1,2 or 0-4 (default: the recipe's seed)")
     r.add_argument("--out", help="parent folder of run folders (overrides the recipe's `out`)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    r.add_argument("--force", action="store_true", help="start over even if the run folder holds a run")
+    r.add_argument("--force", action="store_true", help="start over even if the run folder holds a run "
+                   "(never one that another process is training)")
+    r.add_argument("--wait", action="store_true", help="if another process is training the run folder, wait for "
+                   "it (then reuse the finished run) instead of failing")
     r.set_defaults(fn=cmd_run)
 
     ls = sub.add_parser("list", help="list registered methods, models, datasets or views")

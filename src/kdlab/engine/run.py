@@ -26,11 +26,12 @@ import torch
 import yaml
 
 from kdlab.engine import distributed as dist
-from kdlab.engine.checkpoint import atomic_write
+from kdlab.engine.checkpoint import atomic_write, fit_weights, read_json, read_weights, remove_stale_tmp
+from kdlab.engine.lock import folder_lock
 from kdlab.engine.trainer import CHECKPOINT, Trainer, load_checkpoint
 from kdlab.errors import KDLabError
 from kdlab.recipe import ModelSpec, Recipe, TeacherSpec, load_recipe
-from kdlab.teacher import Teacher, load_weights
+from kdlab.teacher import Teacher
 
 Existing = Literal["resume", "error", "overwrite", "skip"]
 
@@ -73,15 +74,19 @@ def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quie
             if spec.recipe is None:
                 raise KDLabError(f"teacher run {run} has no finished training (no summary.json); "
                                  "train it with `kdlab run` or give `teacher.recipe:` to train it here")
-            run_recipe(load_recipe(spec.recipe), run_dir=run, existing="resume", quiet=quiet)
+            # under the teacher folder's lock: students waiting on one untrained teacher train it once
+            with folder_lock(run, wait=True, what="teacher run"):
+                if not (run / "summary.json").exists():
+                    run_recipe(load_recipe(spec.recipe), run_dir=run, existing="resume", quiet=quiet, wait=True)
         trec = load_recipe(run / "recipe.yaml")
         model = build_model_for(trec.student, dataset)
-        load_weights(model, run / ("best.safetensors" if spec.weights == "best" else "student.safetensors"))
+        path = run / ("best.safetensors" if spec.weights == "best" else "student.safetensors")
+        fit_weights(model, read_weights(path), path)  # one-line errors: truncated, pickled, wrong width
     else:
         assert spec.model is not None
         model = build_model_for(spec.model, dataset)
         if spec.checkpoint is not None:
-            load_weights(model, spec.checkpoint)
+            fit_weights(model, read_weights(spec.checkpoint), f"teacher.checkpoint {spec.checkpoint}")
     return Teacher(model, list(spec.taps), name=name)
 
 
@@ -153,13 +158,27 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: Existing = "resume",
-               callbacks: Sequence[Any] = (), quiet: bool = False) -> dict[str, Any]:
+               callbacks: Sequence[Any] = (), quiet: bool = False, wait: bool = False) -> dict[str, Any]:
     """Train one recipe (one seed) into its run folder and return the summary.
 
     ``existing`` says what to do with a folder that already holds a run of this recipe: resume it (and
-    return a finished one as is), skip (return it only if finished), overwrite it, or raise.
+    return a finished one as is), skip (return it only if finished), overwrite it, or raise. The folder is
+    locked for the whole run (``engine/lock.py``): a folder in use by another process raises a one-line
+    error naming it, or with ``wait=True`` waits for it (then usually finds the run finished).
     """
     run_dir = Path(run_dir) if run_dir is not None else recipe.run_dir()
+    kwargs = dict(run_dir=run_dir, existing=existing, callbacks=callbacks, quiet=quiet)
+    if dist.requested() and int(os.environ.get("RANK", "0") or 0) != 0:
+        return _run_locked(recipe, **kwargs)  # rank 0 holds the folder's lock for the whole group
+    hint = ("--force does not stop a live run: wait for it to finish or stop it first" if existing == "overwrite"
+            else "wait for it to finish, or pass --wait to queue behind it")
+    with folder_lock(run_dir, wait=wait, hint=hint):
+        return _run_locked(recipe, **kwargs)
+
+
+def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks: Sequence[Any],
+                quiet: bool) -> dict[str, Any]:
+    """``run_recipe``'s body, called with the run folder's lock held."""
     summary_path = run_dir / "summary.json"
     # torchrun (WORLD_SIZE > 1): the process group first, so that the ranks can wait for each other
     device = dist.setup(pick_device(recipe.train.device)) if dist.requested() else None
@@ -177,7 +196,7 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
                                  "or pass --force")
             wipe = True  # it never finished an epoch (e.g. a recipe error at start-up): nothing to keep
         elif summary_path.exists():
-            summary = json.loads(summary_path.read_text())
+            summary = read_json(summary_path, "--force restarts the run")
             if summary.get("status") == "finished":
                 return summary
     dist.barrier()  # every rank has decided before rank 0 changes the folder
@@ -185,6 +204,9 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
         if wipe:
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(run_dir)  # half-written files of a killed run (we hold the folder's lock)
+        # first, so that a run killed at any later point can be resumed with `kdlab run --resume`
+        _write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     dist.barrier()
     resume = load_checkpoint(run_dir) if (run_dir / CHECKPOINT).exists() else None  # the same on every rank
 
@@ -193,7 +215,9 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
         device = pick_device(recipe.train.device)
     dataset = build_data(recipe, run_dir if main else None)
     if main:
-        _write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        from kdlab.preprocess import write_for_run
+
+        write_for_run(run_dir, recipe, dataset)  # what predict/eval/export need, so they never reload the data
         env_path = run_dir / "env.json"
         env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}
         env["runs"].append({**provenance(device), "resumed_from_epoch": resume["global_epoch"] if resume else None,
@@ -221,5 +245,6 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
 def resume_run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.yaml").exists():
-        raise KDLabError(f"{run_dir} is not a kdlab run folder (no recipe.yaml)")
+        raise KDLabError(f"{run_dir} is not a kdlab run folder (no recipe.yaml); rerun its recipe with `kdlab run` "
+                         "(it continues in the same folder)")
     return run_recipe(load_recipe(run_dir / "recipe.yaml"), run_dir=run_dir, existing="resume", **kwargs)

@@ -1,0 +1,82 @@
+"""Run-folder locks: two real processes on one folder, and on one untrained teacher (issue 15, item 1)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdlab.engine.lock import folder_lock, holder, lock_path
+from kdlab.errors import KDLabError
+
+TEACHER = ("name: teacher\nout: runs/teachers\ndata: {name: digits, batch_size: 128, kwargs: {train_subset: 300}}\n"
+           "student: {name: smallcnn, kwargs: {width: 0.5}}\nschedule: {epochs: 2}\ntrain: {tensorboard: false}\n")
+STUDENT = ("data: {name: digits, batch_size: 128, kwargs: {train_subset: 300}}\n"
+           "student: {name: smallcnn, kwargs: {width: 0.25}}\nschedule: {epochs: 1}\ntrain: {tensorboard: false}\n"
+           "teacher: {run: runs/teachers/teacher/seed0, recipe: teacher.yaml}\n"
+           "objective: {ce: {weight: 0.1}, kd: {}}\nout: runs\n")
+
+
+def _kdlab(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "KDLAB_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "kdlab.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _epochs(run: Path) -> list[int]:
+    return [json.loads(ln)["global_epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
+
+
+def test_lock_names_its_holder_and_is_reentrant(tmp_path):
+    run = tmp_path / "runs" / "kd" / "seed0"
+    code = ("import sys, time; from kdlab.engine.lock import folder_lock\n"
+            f"with folder_lock({str(run)!r}):\n    print('held', flush=True); time.sleep(30)\n")
+    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(KDLabError, match=rf"in use by pid {other.pid} on .*--wait"):
+            with folder_lock(run):
+                pass
+        assert holder(run)["pid"] == other.pid
+    finally:
+        other.kill()
+        other.wait()
+    # the holder was killed: the kernel released its flock, so the lock file it left is stale and taken over
+    assert lock_path(run).exists()
+    with folder_lock(run):
+        with folder_lock(run):  # re-entrant: a run that trains its own teacher folder does not block itself
+            assert holder(run)["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("flag", [[], ["--force"]])
+def test_second_run_on_a_locked_folder_fails_in_one_line(tmp_path, flag):
+    (tmp_path / "s.yaml").write_text(STUDENT.replace("teacher: {run: runs/teachers/teacher/seed0, recipe: teacher.yaml}\n",
+                                                     "").replace("kd: {}", "ce2: {term: ce, weight: 0.9}"))
+    with folder_lock(tmp_path / "runs" / "run" / "seed0"):  # this test process is the live run
+        p = _kdlab("run", "s.yaml", *flag, cwd=tmp_path)
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, err
+    assert err.count("\n") == 1 and f"in use by pid {os.getpid()}" in err
+    assert ("does not stop a live run" in err) == bool(flag)
+    assert not (tmp_path / "runs" / "run" / "seed0" / "metrics.jsonl").exists()
+
+
+def test_two_students_on_one_untrained_teacher_train_it_once(tmp_path):
+    """Two processes start together on one run folder (with --wait) and a third student shares the untrained
+    teacher: the teacher is trained once and the shared student folder holds each epoch once."""
+    (tmp_path / "teacher.yaml").write_text(TEACHER)
+    (tmp_path / "kd.yaml").write_text("name: kd\n" + STUDENT)
+    (tmp_path / "kd2.yaml").write_text("name: kd2\n" + STUDENT)
+    procs = [_kdlab("run", "kd.yaml", "--wait", cwd=tmp_path), _kdlab("run", "kd.yaml", "--wait", cwd=tmp_path),
+             _kdlab("run", "kd2.yaml", cwd=tmp_path)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    teacher = tmp_path / "runs" / "teachers" / "teacher" / "seed0"
+    assert len(json.loads((teacher / "env.json").read_text())["runs"]) == 1  # trained once, by one process
+    assert _epochs(teacher) == [1, 2]
+    assert _epochs(tmp_path / "runs" / "kd" / "seed0") == [1]
+    assert len(json.loads((tmp_path / "runs" / "kd" / "seed0" / "env.json").read_text())["runs"]) == 1
+    assert _epochs(tmp_path / "runs" / "kd2" / "seed0") == [1]
