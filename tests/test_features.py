@@ -129,6 +129,31 @@ def test_fitnet_is_mse_after_the_connector():
     assert TERMS.get("fitnet").Params().weight == 100.0
 
 
+@pytest.mark.parametrize("s_hw, t_hw, conv_type, kernel, stride", [
+    ((8, 8), (8, 8), nn.Conv2d, (1, 1), (1, 1)),           # equal resolution: 1x1
+    ((8, 8), (4, 4), nn.Conv2d, (3, 3), (2, 2)),           # student twice the teacher: stride-2 3x3
+    ((4, 4), (8, 8), nn.ConvTranspose2d, (4, 4), (2, 2)),  # student half the teacher: 4x4 transposed, stride 2
+    ((7, 6), (4, 4), nn.Conv2d, (4, 3), (1, 1)),           # otherwise: kernel n_s - n_t + 1 (Romero et al.)
+])
+def test_fitnet_default_regressor_is_repdistillers_convreg(s_hw, t_hw, conv_type, kernel, stride):
+    s_shapes, t_shapes = {"@stage2": (6, *s_hw)}, {"@stage2": (10, *t_hw)}
+    term = build("fitnet", s_shapes=s_shapes, t_shapes=t_shapes)
+    conv, bn, relu = term.connector
+    assert type(conv) is conv_type and conv.kernel_size == kernel and conv.stride == stride
+    assert (conv.in_channels, conv.out_channels, conv.bias is not None) == (6, 10, True)
+    assert isinstance(bn, nn.BatchNorm2d) and isinstance(relu, nn.ReLU)
+    out = term.connector(torch.randn(2, 6, *s_hw))
+    assert out.shape == (2, 10, *t_hw) and (out >= 0).all()
+
+
+def test_fitnet_convreg_on_other_upsampling_and_signals():
+    term = build("fitnet", s_shapes={"@stage2": (6, 3, 3)}, t_shapes={"@stage2": (10, 8, 8)})
+    assert term.connector(torch.randn(2, 6, 3, 3)).shape == (2, 10, 8, 8)  # resize, then 1x1 (our extension)
+    term = build("fitnet", s_shapes={"@stage2": (6, 20)}, t_shapes={"@stage2": (10, 10)})
+    assert isinstance(term.connector[0], nn.Conv1d) and term.connector[0].stride == (2,)
+    assert term.connector(torch.randn(2, 6, 20)).shape == (2, 10, 10)
+
+
 def reference_at(s, t, p=2.0):
     total = 0.0
     for fs, ft in zip(s, t):

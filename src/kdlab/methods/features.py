@@ -117,8 +117,10 @@ class FitNetParams(TermParams):
     weight: float = 100.0
     student_layer: str = "@stage2"  # RepDistiller hint_layer=2: the end of the 2nd stage (the paper: a middle layer)
     teacher_layer: str = "@stage2"
-    # RepDistiller's regressor is conv(3x3) + BN + ReLU (ConvReg); conv1x1 is the lighter alternative.
-    connector: Literal["conv3x3", "conv1x1", "identity"] = "conv3x3"
+    # convreg: RepDistiller's ConvReg (models/util.py) - 1x1 conv at equal resolution, stride-2 3x3 conv for 2x
+    # downsampling, 4x4 stride-2 transposed conv for 2x upsampling, else a conv of kernel n_s - n_t + 1 (Romero
+    # et al. 2015, Sec. 2.2) - then BN + ReLU. conv1x1 (+ BN) and conv3x3 (+ BN + ReLU) resize first.
+    connector: Literal["convreg", "conv1x1", "conv3x3", "identity"] = "convreg"
 
 
 @TERMS.register("fitnet", description="FitNet hints: MSE between a regressor of a student layer and a teacher layer",
