@@ -291,6 +291,13 @@ def test_ab_matches_reference():
     assert TERMS.get("ab").Params().weight == pytest.approx(3 / 1000)
 
 
+def test_ab_default_connector_is_identity_on_equal_shapes_else_conv_bn():
+    term = build("ab", t_shapes={**T_SHAPES, "@pre_stage2": S_SHAPES["@pre_stage2"]})  # only stage 2 matches
+    kinds = [type(c).__name__ for c in term.connectors.values()]
+    assert kinds == ["Sequential", "Identity", "Sequential"]  # as RepDistiller's Connector
+    assert [type(m) for m in term.connectors["l0"]] == [nn.Conv2d, nn.BatchNorm2d]  # the paper's 1x1 conv + BN
+
+
 def test_ft_pretrain_is_reconstruction_and_transfer_is_l1_of_normalised_factors():
     g = torch.Generator().manual_seed(6)
     pre = build("ft", mode="pretrain", pretrained=False)

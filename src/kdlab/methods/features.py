@@ -343,7 +343,9 @@ class ABParams(_LayersParams):
     weight: float = 0.003
     layers: list[str] = Field(default_factory=lambda: list(PRE_STAGES3), min_length=1)
     margin: float = Field(1.0, ge=0)
-    connector: Literal["conv1x1", "identity"] = "conv1x1"  # paper: 1x1 conv + BN always
+    # auto: identity where the student map already has the teacher's shape, else 1x1 conv + BN (the paper's
+    # connector), as RepDistiller's Connector (models/util.py) skips it on equal shapes; conv1x1: always.
+    connector: Literal["auto", "conv1x1", "identity"] = "auto"
 
 
 @TERMS.register("ab", description="activation boundaries: hinge-squared loss on pre-ReLU signs (init stage)",
@@ -352,10 +354,13 @@ class ActivationBoundaries(_LayersTerm):
     Params = ABParams
 
     def setup(self, s_shapes: dict[str, torch.Size], t_shapes: dict[str, torch.Size], info: SetupInfo) -> None:
-        self.connectors = nn.ModuleDict({
-            key: make_connector(s_shapes[s], t_shapes[t], kind=self.p.connector)
-            for key, s, t in zip(_keyed(self.s_layers), self.s_layers, self.t_layers)
-        })
+        conns = {}
+        for key, s, t in zip(_keyed(self.s_layers), self.s_layers, self.t_layers):
+            kind = self.p.connector
+            if kind == "auto":
+                kind = "identity" if tuple(s_shapes[s]) == tuple(t_shapes[t]) else "conv1x1"
+            conns[key] = make_connector(s_shapes[s], t_shapes[t], kind=kind)
+        self.connectors = nn.ModuleDict(conns)
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         n = len(self.s_layers)
