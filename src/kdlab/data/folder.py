@@ -17,7 +17,10 @@ on the device.
 
 from __future__ import annotations
 
+import io
 import os
+import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,11 +41,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CENTER_CROP_RATIO = 0.875  # 224 / 256
 
 
-def load_image(path: str, image_size: int, channels: int = 3, resize: str = "square") -> torch.Tensor:
-    """Decode one image file to a uint8 tensor (channels, image_size, image_size)."""
+def load_image(path: str | bytes, image_size: int, channels: int = 3, resize: str = "square") -> torch.Tensor:
+    """Decode one image (a file path, or the encoded bytes of an archive member) to a uint8 tensor
+    (channels, image_size, image_size)."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
         if resize == "center":
             short = max(image_size, round(image_size / CENTER_CROP_RATIO))
             im.draft(None, (short, short))  # JPEG only: DCT-domain downscaling, result stays >= short
@@ -121,10 +125,11 @@ def _require_root(root: str | None, what: str, layout: str) -> Path:
     return base
 
 
-def _check_image_args(image_size: int, channels: int, resize: str) -> None:
-    if not isinstance(image_size, int) or image_size < 1:
+def _check_image_args(image_size: int | None, channels: int | None, resize: str, allow_none: bool = False) -> None:
+    if not (allow_none and image_size is None) and (
+            isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise KDLabError(f"image_size must be a positive integer, got {image_size!r}")
-    if channels not in (1, 3):
+    if not (allow_none and channels is None) and channels not in (1, 3):
         raise KDLabError(f"channels must be 1 or 3, got {channels!r}")
     if resize not in ("square", "center"):
         raise KDLabError(f"resize must be 'square' or 'center', got {resize!r}")
@@ -161,44 +166,248 @@ def _make_splits(
 
 # ------------------------------------------------------------------------------------------------- builders
 
-FOLDER_LAYOUT = "root/train/<class>/*.png|jpg and root/val/<class>/* (or root/test/<class>/*)"
+FOLDER_LAYOUT = (
+    "root/train/<class>/*.png|jpg and root/val/<class>/* (or root/test/<class>/*), or .tar/.tar.gz archives "
+    "of those folders (root = an archive or a folder of archives)"
+)
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+SAMPLE_CLASSES = 64  # geometry is inferred from the first image of up to this many classes
 
 
-@DATASETS.register("imagefolder", description="images in root/train/<class>/ and root/val|test/<class>/ (Pillow)")
+def _infer_geometry(samples: Sequence[str | bytes], image_size: int | None, channels: int | None,
+                    where: str) -> tuple[int, int]:
+    """(image_size, channels): the given values, else what the images are (1 channel only if all sampled are
+    grayscale; the side of the sampled images when they are all the same square size)."""
+    if image_size is not None and channels is not None:
+        return image_size, channels
+    from PIL import Image
+
+    modes, sizes = [], set()
+    for src in samples:
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
+            modes.append(im.mode)
+            sizes.add(im.size)
+    if channels is None:
+        channels = 1 if all(m in GRAY_MODES for m in modes) else 3
+    if image_size is None:
+        if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
+            shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3])
+            raise KDLabError(f"imagefolder: the images in {where} are not all one square size ({shown}): "
+                             "set data.kwargs.image_size")
+        image_size = next(iter(sizes))[0]
+    return image_size, channels
+
+
+def _decode_uint8(sources: Sequence[str | bytes], image_size: int, channels: int, resize: str,
+                  num_threads: int | None, label: str) -> np.ndarray:
+    """Decode every image into one uint8 N×C×S×S array, with Pillow in a thread pool (it releases the GIL)
+    and a progress bar on a terminal (a start and an end line otherwise)."""
+    out = np.empty((len(sources), channels, image_size, image_size), dtype=np.uint8)
+    n = num_threads or min(8, os.cpu_count() or 1)
+    chunks = [range(i, min(i + 256, len(sources))) for i in range(0, len(sources), 256)]
+
+    def work(idx: range) -> int:
+        for i in idx:
+            out[i] = load_image(sources[i], image_size, channels, resize).numpy()
+        return len(idx)
+
+    t0 = time.perf_counter()
+    tty = sys.stderr.isatty()
+    bar = None
+    if tty and len(sources) > 256:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn(f"decoding {label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=Console(stderr=True), transient=True)
+        bar.start()
+        task = bar.add_task("decode", total=len(sources))
+    elif len(sources) > 256:
+        print(f"kdlab: decoding {len(sources):,} images of {label} once (a uint8 copy is cached)", file=sys.stderr)
+    try:
+        if n > 1 and len(sources) > 64:
+            with ThreadPoolExecutor(n) as pool:
+                for done in pool.map(work, chunks):
+                    if bar is not None:
+                        bar.advance(task, done)
+        else:
+            for idx in chunks:
+                work(idx)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if len(sources) > 256:
+        print(f"kdlab: decoded {len(sources):,} images of {label} in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+    return out
+
+
+def _to_split(x: np.ndarray, y: np.ndarray) -> Split:
+    """float32 [0, 1] images (the dataset contract), converted chunk by chunk from a (memory-mapped) uint8 array."""
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for i in range(0, len(x), 8192):
+        out[i:i + 8192] = torch.from_numpy(np.array(x[i:i + 8192])).float().div_(255.0)
+    return Split(out, torch.from_numpy(np.array(y, dtype=np.int64)))
+
+
+def _class_table(found: dict[str, dict[str, list]], where: str) -> tuple[list[str], str]:
+    """Sorted train classes and the name of the held-out split (val, else test) of an archive listing."""
+    test_name = next((s for s in ("val", "test") if s in found), None)
+    if "train" not in found or test_name is None:
+        raise KDLabError(f"imagefolder: {where} holds no train/ and val/ (or test/) class folders of images: "
+                         f"{FOLDER_LAYOUT}")
+    classes = sorted(found["train"])
+    extra = sorted(set(found[test_name]) - set(classes))
+    if extra:
+        raise KDLabError(f"imagefolder: {where} has {test_name}/ classes that train/ does not have: {extra[:5]}")
+    return classes, test_name
+
+
+def _cache_dir(cache: bool | str) -> Path | None:
+    from kdlab.data.decoded import cache_root
+
+    if cache is False or cache is None:
+        return None
+    if cache is True:
+        return cache_root()
+    return Path(str(cache)).expanduser()
+
+
+def _decoded(key_sources: list[str], options: dict, cache: bool | str, decode) -> tuple[dict, dict, str]:
+    """(arrays, meta, where): the cached decoded copy for this key, or ``decode()`` stored under it."""
+    from kdlab.data import decoded as D
+
+    root = _cache_dir(cache)
+    entry = D.entry_dir(D.entry_key(key_sources, options), root) if root is not None else None
+    hit = D.load_entry(entry) if entry is not None else None
+    if hit is not None:
+        return hit[0], hit[1], f"decoded copy {entry}"
+    arrays, meta = decode()
+    if entry is not None:
+        D.save_entry(entry, arrays, meta)
+    return arrays, meta, "decoded now" + (f", cached in {entry}" if entry is not None else "")
+
+
+@DATASETS.register(
+    "imagefolder",
+    description="images in root/train/<class>/ and root/val|test/<class>/, folders or .tar/.tar.gz archives; "
+    "options: image_size, channels (default: what the images are), resize, stream, cache",
+)
 def imagefolder(
     *,
     root: str | None = None,
-    image_size: int = 32,
-    channels: int = 3,
+    image_size: int | None = None,
+    channels: int | None = None,
     resize: str = "square",
     stream: bool = False,
     num_threads: int | None = None,
+    cache: bool | str = True,
 ) -> Dataset:
-    """A class-per-folder image set: ``root/train/<class>/*`` and ``root/val/<class>/*`` (else ``root/test``).
+    """A class-per-folder image set: ``root/train/<class>/*`` and ``root/val/<class>/*`` (else ``root/test``),
+    or the same folders inside ``.tar``/``.tar.gz``/``.tgz`` archives (``root`` = one archive, or a folder
+    holding them; several are merged, e.g. one per split), read without unpacking.
 
-    Classes are the sorted folder names of ``train/``. Images are converted to ``channels`` (3 = RGB, 1 = L)
-    and resized to ``image_size`` × ``image_size`` (``resize="square"``, aspect not kept; ``"center"``:
-    shorter side then centre crop). By default everything is decoded into memory as float32 — fine for small
-    sets; pass ``stream=True`` to get :class:`~kdlab.data.loader.StreamSplit` splits decoded per batch.
-    mean/std: per channel over the training images (over a fixed sample of 512 of them when streaming).
+    Classes are the sorted folder names of ``train/``. ``channels`` (3 = RGB, 1 = L) and ``image_size``
+    default to what the images are: grayscale stays 1 channel, and images of one square size keep it (mixed
+    sizes need ``image_size``). ``resize="square"`` squashes to image_size² (aspect not kept); ``"center"``:
+    shorter side then centre crop. Everything is decoded once into a uint8 copy kept in ``cache`` (True:
+    ``$KDLAB_CACHE`` or ``~/.cache/kdlab``; a path; False: none), keyed by the archives' sha256 (plain folders:
+    paths, sizes and mtimes) and the options, so later runs load in about a second; the splits are float32
+    in memory. ``stream=True`` (plain folders only) decodes per batch instead. mean/std: per channel over the
+    training images (over a fixed sample of 512 of them when streaming).
     """
-    _check_image_args(image_size, channels, resize)
-    base = _require_root(root, "imagefolder", FOLDER_LAYOUT)
-    train_dir = base / "train"
-    test_dir = next((base / d for d in ("val", "test") if (base / d).is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
-        raise KDLabError(f"imagefolder: {str(base)!r} needs train/ and val/ (or test/) folders: {FOLDER_LAYOUT}")
-    classes = _class_dirs(train_dir)
-    if not classes:
-        raise KDLabError(f"imagefolder: no class folders in {train_dir}")
-    tr = ImageFiles(*_scan_classes(train_dir, classes), image_size, channels, resize)
-    te = ImageFiles(*_scan_classes(test_dir, classes), image_size, channels, resize)
-    train, test = _make_splits(tr, te, stream, num_threads)
-    if stream:  # estimate from a fixed sample of at most 512 training images
-        sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
-        mean, std = channel_stats(train.get_batch(sample)[0])  # type: ignore[union-attr]
+    from kdlab.data.archive import find_archives, read_archives
+    from kdlab.data.decoded import file_sha256, folder_fingerprint, uint8_channel_stats
+
+    _check_image_args(image_size, channels, resize, allow_none=True)
+    if root is None:
+        raise KDLabError(f"dataset 'imagefolder' needs root= a folder or archive with the layout {FOLDER_LAYOUT}")
+    base = Path(root).expanduser()
+    if not base.exists():
+        raise KDLabError(f"imagefolder: root {str(base)!r} does not exist (expected the layout {FOLDER_LAYOUT})")
+    archives = [] if (base / "train").is_dir() else find_archives(base)
+    options = {"image_size": image_size, "channels": channels, "resize": resize}
+    if archives:
+        if stream:
+            raise KDLabError(f"imagefolder: stream=True needs an unpacked folder; {base} is read from archives "
+                             "(unpack them, or drop stream to decode once into the cache)")
+        memo = _cache_dir(cache) or Path(os.environ.get("TMPDIR", "/tmp"))
+        sources = [f"{a.name}:{file_sha256(a, memo)}" for a in archives]
+
+        def decode() -> tuple[dict, dict]:
+            found = read_archives(archives, IMAGE_EXTENSIONS)
+            classes, test_name = _class_table(found, str(base))
+            return _decode_tables(found["train"], found[test_name], classes, test_name, image_size, channels,
+                                  resize, num_threads, ", ".join(a.name for a in archives), uint8_channel_stats)
     else:
-        mean, std = channel_stats(train.x)  # type: ignore[arg-type]
+        train_dir = base / "train"
+        test_dir = next((base / d for d in ("val", "test") if (base / d).is_dir()), None)
+        if not base.is_dir() or not train_dir.is_dir() or test_dir is None:
+            raise KDLabError(f"imagefolder: {str(base)!r} needs train/ and val/ (or test/) folders, or .tar/.tar.gz "
+                             f"archives of them: {FOLDER_LAYOUT}")
+        classes = _class_dirs(train_dir)
+        if not classes:
+            raise KDLabError(f"imagefolder: no class folders in {train_dir}")
+        tr_files, tr_labels = _scan_classes(train_dir, classes)
+        te_files, te_labels = _scan_classes(test_dir, classes)
+        if stream:
+            return _streamed_folder(base, train_dir, test_dir, classes, tr_files, tr_labels, te_files, te_labels,
+                                    image_size, channels, resize)
+        sources = [folder_fingerprint([train_dir, test_dir])]
+
+        def decode() -> tuple[dict, dict]:
+            tables = [{c: [] for c in classes}, {c: [] for c in classes}]
+            for table, files, labels in ((tables[0], tr_files, tr_labels), (tables[1], te_files, te_labels)):
+                for f, y in zip(files, labels):
+                    table[classes[y]].append((f, f))
+            return _decode_tables(tables[0], tables[1], classes, test_dir.name, image_size, channels, resize,
+                                  num_threads, str(base), uint8_channel_stats)
+
+    arrays, meta, where = _decoded(sources, options, cache, decode)
+    train, test = _to_split(arrays["train_x"], arrays["train_y"]), _to_split(arrays["test_x"], arrays["test_y"])
+    size, ch = int(arrays["train_x"].shape[-1]), int(arrays["train_x"].shape[1])
+    return Dataset(
+        name="imagefolder",
+        train=train,
+        test=test,
+        num_classes=len(meta["classes"]),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        classes=list(meta["classes"]),
+        notes=f"{base} (train/{meta['test_split']}), {size}px, {ch} channel(s); {where}",
+    )
+
+
+def _decode_tables(train: dict, test: dict, classes: list[str], test_name: str, image_size: int | None,
+                   channels: int | None, resize: str, num_threads: int | None, label: str, stats) -> tuple[dict, dict]:
+    """Decode ``{class: [(name, path or bytes), ...]}`` tables of both splits into the cache's arrays + meta."""
+    samples = [train[c][0][1] for c in classes[:SAMPLE_CLASSES] if train[c]]
+    if not samples:
+        raise KDLabError(f"imagefolder: no training images in {label}")
+    size, ch = _infer_geometry(samples, image_size, channels, label)
+    arrays = {}
+    for split, table in (("train", train), ("test", test)):
+        srcs = [src for c in classes for _, src in table.get(c, [])]
+        ys = [i for i, c in enumerate(classes) for _ in table.get(c, [])]
+        if not srcs:
+            raise KDLabError(f"imagefolder: no {split if split == 'train' else test_name} images in {label}")
+        arrays[f"{split}_x"] = _decode_uint8(srcs, size, ch, resize, num_threads, f"{label} ({split})")
+        arrays[f"{split}_y"] = np.asarray(ys, dtype=np.int64)
+    mean, std = stats(arrays["train_x"])
+    meta = {"classes": classes, "test_split": test_name, "mean": mean, "std": std, "source": label}
+    return arrays, meta
+
+
+def _streamed_folder(base: Path, train_dir: Path, test_dir: Path, classes: list[str], tr_files, tr_labels, te_files,
+                     te_labels, image_size: int | None, channels: int | None, resize: str) -> Dataset:
+    first = {}
+    for f, y in zip(tr_files, tr_labels):
+        first.setdefault(y, f)
+    size, ch = _infer_geometry(list(first.values())[:SAMPLE_CLASSES], image_size, channels, str(train_dir))
+    tr, te = ImageFiles(tr_files, tr_labels, size, ch, resize), ImageFiles(te_files, te_labels, size, ch, resize)
+    train, test = _make_splits(tr, te, True, None)
+    sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
+    mean, std = channel_stats(train.get_batch(sample)[0])  # type: ignore[union-attr]
     return Dataset(
         name="imagefolder",
         train=train,  # type: ignore[arg-type]
@@ -207,8 +416,7 @@ def imagefolder(
         mean=mean,
         std=std,
         classes=classes,
-        notes=f"{base} ({train_dir.name}/{test_dir.name}), {image_size}px, {channels} channel(s)"
-        + (", streamed" if stream else ""),
+        notes=f"{base} ({train_dir.name}/{test_dir.name}), {size}px, {ch} channel(s), streamed",
     )
 
 
