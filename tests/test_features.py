@@ -68,9 +68,9 @@ def test_resnet_pre_stage_is_the_residual_sum():
 
 # ----------------------------------------------------------------------------------------------- harness
 
-S_SHAPES = {"@stage1": (6, 8, 8), "@stage2": (8, 4, 4), "@stage3": (8, 2, 2), "@last": (8, 2, 2),
+S_SHAPES = {"@stem": (4, 8, 8), "@stage1": (6, 8, 8), "@stage2": (8, 4, 4), "@stage3": (8, 2, 2), "@last": (8, 2, 2),
             "@pre_stage1": (6, 8, 8), "@pre_stage2": (8, 4, 4), "@pre_stage3": (8, 2, 2)}
-T_SHAPES = {"@stage1": (10, 8, 8), "@stage2": (12, 4, 4), "@stage3": (16, 2, 2), "@last": (16, 2, 2),
+T_SHAPES = {"@stem": (5, 8, 8), "@stage1": (10, 8, 8), "@stage2": (12, 4, 4), "@stage3": (16, 2, 2), "@last": (16, 2, 2),
             "@pre_stage1": (10, 8, 8), "@pre_stage2": (12, 4, 4), "@pre_stage3": (16, 2, 2)}
 INFO = SetupInfo(num_train=100, num_classes=5, input_shape=(3, 8, 8))
 NAMES = ["fitnet", "at", "nst", "vid", "fsp", "ab", "ft"]
@@ -259,12 +259,30 @@ def reference_fsp(maps_s, maps_t):
 def test_fsp_matches_reference_and_pools_to_the_smaller_map():
     g = torch.Generator().manual_seed(4)
     shapes = {"@stage1": (3, 4, 4), "@stage2": (4, 2, 2), "@stage3": (2, 2, 2)}
-    term = build("fsp", shapes, same(shapes))
+    term = build("fsp", shapes, same(shapes), layers=["@stage1", "@stage2", "@stage3"])
     s, t = feats(shapes, 2, g), feats(shapes, 2, g)
     ms = [avgpool(s["@stage1"], 2), s["@stage2"].double(), s["@stage3"].double()]
     mt = [avgpool(t["@stage1"], 2), t["@stage2"].double(), t["@stage3"].double()]
     # pair (1, 2) pools stage1 to 2x2; pair (2, 3) is already 2x2
     assert term(context(s, t, 2))["loss"].item() == pytest.approx(reference_fsp(ms, mt), rel=1e-5)
+
+
+def test_fsp_default_is_stem_plus_every_stage_three_matrices():
+    """Yim et al. / RepDistiller: stem, stage1, stage2, stage3 -> 3 FSP matrices (2 before the @stem alias)."""
+    g = torch.Generator().manual_seed(7)
+    shapes = {"@stem": (2, 2, 2), "@stage1": (3, 2, 2), "@stage2": (4, 2, 2), "@stage3": (2, 2, 2)}
+    term = build("fsp", shapes, same(shapes))
+    assert term.taps().student == ("@stem", "@stage1", "@stage2", "@stage3")
+    s, t = feats(shapes, 2, g), feats(shapes, 2, g)
+    maps = [[f[k].double() for k in shapes] for f in (s, t)]
+    assert term(context(s, t, 2))["loss"].item() == pytest.approx(reference_fsp(*maps), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO_NAMES if n not in SHAPES])
+def test_cifar_zoo_declares_a_stem_alias_before_stage1(name):
+    model = build_model(name, num_classes=10, input_shape=(3, 32, 32))
+    shapes = probe_shapes(model, ["@stem", "@stage1"], (3, 32, 32))
+    assert len(shapes["@stem"]) == 3 and shapes["@stem"][1] >= shapes["@stage1"][1]
 
 
 def test_fsp_channel_mismatch_connector_or_clear_error():

@@ -12,7 +12,8 @@ implementation the CIFAR-100 benchmark tables come from. Each default carries it
 
 Layer defaults are the three stage ends ``@stage1..@stage3``: every zoo CNN has at least three stages
 (ResNet, WRN and ShuffleNet have exactly three; VGG and MobileNetV2 have four, of which the first three are
-used). ``smallcnn`` has two stages: pass ``layers: ["@stage1", "@stage2"]`` for it.
+used); FSP adds the stem output ``@stem`` in front. ``smallcnn`` has two stages and no stem: pass
+``layers: ["@stage1", "@stage2"]`` for it.
 """
 
 from __future__ import annotations
@@ -284,7 +285,10 @@ class FSPParams(_LayersParams):
     # smaller, loss = sum over pairs of mean((G_s - G_t)^2). Weight 1: RepDistiller's init stage sums the
     # losses without a factor; the paper trains FSP alone in its first stage, then CE.
     weight: float = 1.0
-    layers: list[str] = Field(default_factory=lambda: list(STAGES3), min_length=2)
+    # The stem output and every stage end: 3 matrices on the 3-stage CIFAR nets, as the paper (one per ResNet
+    # section, from its input to its output) and RepDistiller (feat[:-1] = stem + stages). VGG/MobileNetV2 have
+    # a 4th stage: add "@stage4" to match RepDistiller there.
+    layers: list[str] = Field(default_factory=lambda: ["@stem", *STAGES3], min_length=2)
     # The paper and RepDistiller need equal channel counts (RepDistiller raises). Our extension: where the
     # student's channels differ, a 1x1 conv + BN connector on the student side maps them to the teacher's
     # (trained with the FSP loss); "none" keeps the strict behaviour and raises.

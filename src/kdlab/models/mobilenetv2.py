@@ -83,6 +83,7 @@ class MobileNetV2(nn.Module):
         # block, before the residual add (RepDistiller ``get_bn_before_relu``).
         picks = (1, 2, 4, 6)
         self.kdlab_taps: dict[str, str] = {
+            "stem": "conv1",  # the stem conv-BN-ReLU (RepDistiller feat[0])
             **{f"stage{k}": f"blocks.{b}" for k, b in enumerate(picks, 1)},
             **{f"pre_stage{k}": f"blocks.{b}.{len(self.blocks[b]) - 1}.conv.7" for k, b in enumerate(picks, 1)},
             "penultimate": "flatten",

@@ -81,6 +81,7 @@ class CifarResNet(nn.Module):
         init_fan_out(self)
         # Portable tap aliases (kdlab.capture): stage ends post-ReLU, the residual sum before the last ReLU.
         self.kdlab_taps: dict[str, str] = {
+            "stem": "relu",  # the stem conv-BN-ReLU output (RepDistiller feat[0])
             **{f"stage{k}": f"layer{k}" for k in (1, 2, 3)},
             **{f"pre_stage{k}": f"layer{k}.{n - 1}.preact" for k in (1, 2, 3)},
             "penultimate": "flatten",

@@ -102,6 +102,7 @@ class ShuffleNetV1(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
         # Portable tap aliases (kdlab.capture): stage ends post-ReLU, and the same before the final ReLU.
         self.kdlab_taps: dict[str, str] = {
+            "stem": "relu",  # the stem conv-BN-ReLU (RepDistiller feat[0])
             **{f"stage{k}": f"layer{k}" for k in (1, 2, 3)},
             **{f"pre_stage{k}": f"layer{k}.{len(stages[k - 1]) - 1}.preact" for k in (1, 2, 3)},
             "penultimate": "flatten",
@@ -199,6 +200,7 @@ class ShuffleNetV2(nn.Module):
         # Portable tap aliases (kdlab.capture): stage ends (concatenations of post-ReLU halves, shuffled). A
         # stage end has no single pre-ReLU point (half of it passes through untouched), so no ``pre_stageK``.
         self.kdlab_taps: dict[str, str] = {
+            "stem": "relu",  # the stem conv-BN-ReLU (RepDistiller feat[0])
             **{f"stage{k}": f"layer{k}" for k in (1, 2, 3)},
             "penultimate": "flatten",
             "last": "layer3",

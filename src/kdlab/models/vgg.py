@@ -72,6 +72,7 @@ class CifarVGG(nn.Module):
         # (like the ResNet stem), so ``stage1..stage4`` are ``relu1..relu4`` (RepDistiller feat[1..4]).
         nb = len(cfg)
         self.kdlab_taps: dict[str, str] = {
+            "stem": "relu0",  # block 0 after ReLU, before its pool (RepDistiller feat[0])
             **{f"stage{k}": f"relu{k}" for k in range(1, nb)},
             **{f"pre_stage{k}": f"block{k}" for k in range(1, nb)},
             "penultimate": "flatten",

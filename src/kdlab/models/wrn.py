@@ -76,6 +76,7 @@ class WideResNet(nn.Module):
         # BN-ReLU that opens the next stage (``block2.0.relu1``, ``block3.0.relu1``, the final ``relu``) and its
         # pre-ReLU end that BN's output (RepDistiller ``get_bn_before_relu``).
         self.kdlab_taps: dict[str, str] = {
+            "stem": "conv1",  # the stem conv (pre-activation net: RepDistiller feat[0] is its raw output)
             "stage1": "block2.0.relu1",
             "stage2": "block3.0.relu1",
             "stage3": "relu",
