@@ -428,3 +428,12 @@ def test_method_recipes_compose_with_a_pair_and_terms_are_registered(method, ter
     for name in terms - {"ce"}:
         e = TERMS.entry(name)
         assert e.description and "\n" not in e.description and e.paper.endswith("2019" if "bss" in name else "2021")
+
+
+@pytest.mark.parametrize("pair, weight", [("resnet32x4-resnet8x4", 5.0), ("wrn_40_2-wrn_16_2", 5.0),
+                                          ("resnet56-resnet20", 0.6)])
+def test_reviewkd_pair_recipes_carry_the_official_per_pair_weight(pair, weight):
+    """dvlab-research/ReviewKD's CIFAR-100 script: --kd-loss-weight 5.0 / 5.0 / 0.6 for these pairs."""
+    r = load_recipe([f"recipes/cifar100/{pair}.yaml", f"recipes/methods/reviewkd_{pair}.yaml"])
+    review, ce = r.objective["reviewkd"].params, r.objective["ce"].params
+    assert r.name == "reviewkd" and review.weight == weight and review.warmup_epochs == 20 and ce.weight == 1.0

@@ -91,7 +91,8 @@ class ABF(nn.Module):
 
 class ReviewKDParams(TermParams):
     # --kd-loss-weight default 1.0 [CIFAR-100/train.py; mdistiller REVIEWKD_WEIGHT]; the official script
-    # uses per-pair values: 5.0 for resnet32x4→resnet8x4 and the wrn pairs, 0.6 resnet56→resnet20, 8.0 shufflev2.
+    # uses per-pair values: 5.0 for resnet32x4→resnet8x4 and the wrn pairs, 0.6 resnet56→resnet20, 8.0 shufflev2
+    # (set in recipes/methods/reviewkd_<teacher>-<student>.yaml).
     weight: float = 1.0
     # --kd-warm-up 20 [CIFAR-100/train.py]: factor min(1, e/20); here e counts fractional epochs; 0 = off.
     warmup_epochs: float = Field(20.0, ge=0)
