@@ -1,4 +1,4 @@
-"""The ``kdlab`` command: run | list | report | study | demo | diagnose | export.
+"""The ``kdlab`` command: run | list | report | study | demo | diagnose | export | predict | eval.
 
 User errors (KDLabError) are printed as one line with exit status 2, never as a traceback.
 """
@@ -130,10 +130,32 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from kdlab.export import export_run
+    from kdlab.export import export_with_message
 
-    path = export_run(args.run, args.out, weights=args.weights)
-    print(f"exported student weights (no teacher, no connectors) to {path}")
+    print(export_with_message(args.run, args.out, weights=args.weights, format=args.format)[1])
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from kdlab.predict import predict, rows_csv, write_predictions
+
+    result = predict(args.student, args.inputs, top_k=args.top_k, weights=args.weights)
+    if args.out:
+        print(f"wrote {len(result['rows'])} predictions to {write_predictions(result, args.out)}", file=sys.stderr)
+    else:
+        sys.stdout.write(rows_csv(result["rows"], result["top_k"]))
+    for source, acc in result["accuracy"].items():
+        print(f"top-1 on {source} (labels y): {100 * acc:.2f}%", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from kdlab.predict import evaluate
+
+    metrics = evaluate(args.run, args.data, args.overrides, split=args.split, weights=args.weights)
+    print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -186,11 +208,32 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--group", type=int, default=5, help="batches per group mean (default 5)")
     dg.set_defaults(fn=cmd_diagnose)
 
-    e = sub.add_parser("export", help="write a run's bare student weights (safetensors)")
-    e.add_argument("run", help="run folder")
-    e.add_argument("--out", required=True, help="output .safetensors file")
+    e = sub.add_parser("export", help="write a run's student (safetensors weights or ONNX) with its preprocessing")
+    e.add_argument("run", help="run folder (needs neither the training data nor the training directory)")
+    e.add_argument("--out", required=True, help="output file (.safetensors, .onnx)")
     e.add_argument("--weights", choices=["final", "best"], default="final")
+    e.add_argument("--format", default="safetensors",
+                   help="safetensors (default) or onnx (checked against ONNX Runtime where it is installed)")
     e.set_defaults(fn=cmd_export)
+
+    pr = sub.add_parser("predict", help="predict raw inputs with a run's or an export's student (its preprocessing)")
+    pr.add_argument("student", metavar="RUN_OR_EXPORT", help="run folder, exported .safetensors or .onnx")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help=".npy/.npz arrays of raw inputs (.npz: `x`, optional labels `y`), image files or folders, "
+                         ".txt files (one text per line)")
+    pr.add_argument("--top-k", type=int, default=1, help="classes per input (default 1)")
+    pr.add_argument("--out", help="write .csv or .json instead of printing CSV")
+    pr.add_argument("--weights", choices=["final", "best"], default="final", help="for a run folder")
+    pr.set_defaults(fn=cmd_predict)
+
+    ev = sub.add_parser("eval", help="metrics of a run's student on a dataset (the run's normalisation)")
+    ev.add_argument("run", help="run folder")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.kwargs.root=/data/other")
+    ev.add_argument("--data", metavar="NAME_OR_RECIPE",
+                    help="a dataset name or a recipe file whose `data:` is used (default: the run's own data)")
+    ev.add_argument("--split", default="test", choices=["test", "train", "val"])
+    ev.add_argument("--weights", choices=["final", "best"], default="final")
+    ev.set_defaults(fn=cmd_eval)
     return p
 
 

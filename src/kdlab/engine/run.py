@@ -218,6 +218,9 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
         from kdlab.preprocess import write_for_run
 
         write_for_run(run_dir, recipe, dataset)  # what predict/eval/export need, so they never reload the data
+        from kdlab.preprocess import write_for_run
+
+        write_for_run(run_dir, recipe, dataset)  # what predict/eval/export need, so they never reload the data
         env_path = run_dir / "env.json"
         env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}
         env["runs"].append({**provenance(device), "resumed_from_epoch": resume["global_epoch"] if resume else None,
