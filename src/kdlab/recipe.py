@@ -8,6 +8,7 @@ change here.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from kdlab.errors import KDLabError, nearest
 class Strict(BaseModel):
     """Base for every recipe block: unknown keys are errors that name the nearest real field."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # lr=inf is a typo
 
     @model_validator(mode="before")
     @classmethod
@@ -83,6 +84,14 @@ class ModelSpec(Strict):
     @classmethod
     def _from_str(cls, data: Any) -> Any:
         return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("kwargs")
+    @classmethod
+    def _not_from_data(cls, v: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(k for k in ("num_classes", "input_shape") if k in v)
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: set from the dataset (data.name); remove it from kwargs")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -167,6 +176,9 @@ def _parse_objective(raw: Any) -> dict[str, TermSpec]:
         if isinstance(params, TermSpec):
             out[label] = params
             continue
+        if params is not None and not isinstance(params, dict):
+            raise ValueError(f"[{label}] expected a mapping of parameters, e.g. {{weight: {params!r}}}; "
+                             f"got {params!r}")
         params = dict(params or {})
         term = str(params.pop("term", label))
         if term not in TERMS:
@@ -175,12 +187,47 @@ def _parse_objective(raw: Any) -> dict[str, TermSpec]:
             out[label] = TermSpec(term=term, params=_validate_params(TERMS.get(term).Params, params))
         except ValueError as e:
             raise ValueError(f"[{label}] {e}") from None
+        weight = getattr(out[label].params, "weight", 0.0)
+        if isinstance(weight, (int, float)) and not 0 <= weight < float("inf"):
+            raise ValueError(f"[{label}] weight: must be a finite number >= 0 (got {weight!r})")
     return out
+
+
+class CacheSpec(Strict):
+    """A teacher's soft-label cache (``kdlab.teachers.cached``): where it lives and how it stores outputs."""
+
+    # "auto": built on first use next to the teacher's run folder (or under $KDLAB_CACHE / ~/.cache/kdlab for a
+    # model/checkpoint teacher), then reused; otherwise the folder of a cache made by `kdlab cache build`.
+    path: str = "auto"
+    # "all": every (crop offset, flip) of the augmentation (exact: a cached run trains on the same images as a
+    # live one); K: K views per sample drawn once and stored with their parameters (any augmentation).
+    views: Literal["all"] | int = "all"
+    dtype: Literal["fp16", "fp32"] = "fp16"
+    topk: int | None = Field(None, gt=0)  # store the k largest log-probabilities + the rest mass (many classes)
+    taps: list[str] = Field(default_factory=list)  # teacher features to store too (feature methods)
+    placement: Literal["auto", "device", "memory", "mmap"] = "auto"
+    seed: int = 0  # draws the K views of `views: K`
+    shard: int = Field(4096, gt=0)  # samples per shard file (a build resumes shard by shard)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_str(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str) else data
+
+    @field_validator("views")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("views must be 'all' or a number of views per sample >= 1")
+        return v
 
 
 class TeacherSpec(Strict):
     """Where a frozen teacher comes from: a run folder (trained from ``recipe`` when missing), a model plus
-    checkpoint file, or a factory ``package.module:function`` that returns a model with its weights."""
+    checkpoint file, or a factory ``package.module:function`` that returns a model with its weights; and
+    optionally a soft-label ``cache`` (``auto`` or a folder) that serves the clean batches instead of the model.
+    A cache alone (no run/model) serves logit methods; views and terms needing the teacher on new inputs
+    then fail before training, naming themselves."""
 
     run: str | None = None
     recipe: str | None = None
@@ -188,13 +235,19 @@ class TeacherSpec(Strict):
     model: ModelSpec | None = None
     checkpoint: str | None = None
     taps: list[str] = Field(default_factory=list)
+    cache: CacheSpec | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherSpec":
         if self.run is None and self.model is None:
-            raise ValueError("a teacher needs `run:` (a kdlab run folder) or `model:` (with `checkpoint:` or a factory)")
+            if self.cache is not None and self.cache.path != "auto":
+                return self
+            raise ValueError("a teacher needs `run:` (a kdlab run folder), `model:` (with `checkpoint:` or a "
+                             "factory) or `cache:` (a folder made by `kdlab cache build`)")
         if self.recipe is not None and self.run is None:
             raise ValueError("`recipe:` trains the teacher into `run:`; give `run:` too")
+        if self.run is not None and (self.model is not None or self.checkpoint is not None):
+            raise ValueError("give either `run:` (a kdlab run folder) or `model:`/`checkpoint:`, not both")
         return self
 
 
@@ -241,10 +294,17 @@ class DataSpec(Strict):
 class OptimSpec(Strict):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
 
 
 class ScheduleSpec(Strict):
@@ -268,8 +328,12 @@ class ScheduleSpec(Strict):
 
 class TrainSpec(Strict):
     device: str = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
+    # auto: bf16 autocast on CUDA devices with bf16, fp32 elsewhere (bf16 autocast halves the speed of these
+    # models on a CPU without AMX; measured in benchmarks/RESULTS.md, "Teacher cache").
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # auto (None): channels_last for image inputs of at least 16x16 (1.2x faster for the CIFAR zoo on this CPU,
+    # the usual choice on GPUs); NCHW for smaller images and non-image inputs.
+    channels_last: bool | None = None
     compile: bool = False
     grad_clip: float | None = Field(None, gt=0)
     threads: int | None = Field(None, gt=0)
@@ -304,7 +368,7 @@ class StageSpec(Strict):
 
 class Recipe(Strict):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed's range
     out: str = "runs"
     data: DataSpec = Field(default_factory=DataSpec)
     student: ModelSpec
@@ -326,6 +390,25 @@ class Recipe(Strict):
     @classmethod
     def _views_kind(cls, v: list[ViewSpec]) -> list[ViewSpec]:
         return _check_kind(v, "extra", "views")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        """The name is a folder under ``out``: it must not climb out of it or be an absolute path."""
+        if not v.strip() or v.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", v) \
+                or ".." in re.split(r"[/\\]", v):
+            raise ValueError(f"a run name is a folder inside `out`: no absolute path, `~` or `..` (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _objective_used(self) -> "Recipe":
+        """A top-level objective that every stage replaces would be silently ignored; the default (plain CE,
+        as a model-pair file states it) is exempt so that pair files compose with staged method files."""
+        default = _plain(_parse_objective({"ce": {}}))
+        if self.stages and all(st.objective is not None for st in self.stages) and _plain(self.objective) != default:
+            raise ValueError("objective: ignored because every stage sets its own objective; move it into a "
+                             "stage or remove it")
+        return self
 
     @property
     def teachers(self) -> list[TeacherSpec]:
@@ -368,17 +451,51 @@ def _format_error(err: dict[str, Any]) -> str:
     return f"{loc}: {msg}{got}" if loc else f"{msg}{got}"
 
 
-def read_file(path: str | Path) -> dict[str, Any]:
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``5e-1`` (an exponent without a dot) as a string; YAML 1.2 and every recipe mean a number."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_file(p: Path) -> Any:
+    """A YAML/TOML file's data; unreadable, binary or malformed files are one-line KDLabErrors."""
+    if p.is_dir():
+        raise KDLabError(f"{p} is a folder; give a recipe file (.yaml/.yml/.toml)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KDLabError(f"{p} is not a text file; give a recipe file (.yaml/.yml/.toml)") from None
+    except OSError as e:
+        raise KDLabError(f"cannot read {p}: {e.strerror}") from None
+    try:
+        return tomllib.loads(text) if p.suffix == ".toml" else yaml_load(text)
+    except tomllib.TOMLDecodeError as e:
+        raise KDLabError(f"{p}: TOML syntax error: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise KDLabError(f"{p}: YAML syntax error{where}: {problem}") from None
+
+
+def read_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise KDLabError(f"recipe file not found: {p}")
-    text = p.read_text()
-    data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    if p.resolve() in _chain:
+        raise KDLabError(f"{p}: `base:` includes itself ({' -> '.join(str(c) for c in (*_chain, p.resolve()))})")
+    data = parse_file(p)
     if not isinstance(data, dict):
         raise KDLabError(f"{p}: a recipe must be a mapping at top level")
     base = data.pop("base", None)  # a recipe may extend another, relative to its own folder
     if base:
-        merged = read_file(p.parent / base)
+        merged = read_file(p.parent / base, (*_chain, p.resolve()))
         data = deep_merge(merged, data)
     return data
 
@@ -401,7 +518,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise KDLabError(f"override {item!r} must look like key.path=value")
         key, _, raw = item.partition("=")
         try:
-            _set_path(data, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else "")
+            _set_path(data, key.strip().split("."), yaml_load(raw) if raw.strip() else "")
         except (IndexError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
             raise KDLabError(f"override {item!r} does not apply ({type(e).__name__}: {e})") from None
     return data

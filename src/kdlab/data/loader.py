@@ -10,6 +10,8 @@ Both loaders share one interface::
 The order of an epoch comes from a fresh CPU ``torch.Generator`` seeded by ``(seed, epoch)`` alone, so any
 epoch can be replayed on its own (bitwise resume from a checkpoint without replaying earlier epochs).
 ``idx`` are the sample indices within the split (for per-sample caches such as stored teacher logits).
+A shuffled (training) epoch never ends with a batch of one sample: BatchNorm cannot train on it (a
+traceback mid-epoch), so that one sample, a different one each epoch, sits the epoch out.
 
 Data-parallel sharding (``rank``/``world``, used under ``torchrun``): every rank draws the same
 ``(seed, epoch)`` order and keeps the contiguous chunk ``order[rank * m:(rank + 1) * m]`` with
@@ -44,15 +46,20 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
     return torch.randperm(n, generator=epoch_generator(seed, epoch), dtype=torch.int64)
 
 
-def _batches(order: torch.Tensor, batch_size: int, drop_last: bool) -> list[torch.Tensor]:
+def _batches(order: torch.Tensor, batch_size: int, drop_last: bool, drop_single: bool = False) -> list[torch.Tensor]:
     chunks = list(torch.split(order, batch_size))
-    if drop_last and chunks and len(chunks[-1]) < batch_size:
+    if chunks and (drop_last and len(chunks[-1]) < batch_size or _single(len(order), batch_size, drop_single)):
         chunks.pop()
     return chunks
 
 
-def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
-    return n // batch_size if drop_last else math.ceil(n / batch_size)
+def _single(n: int, batch_size: int, drop_single: bool) -> bool:
+    """True when the last batch would hold one sample of a larger batch size and is to be dropped."""
+    return drop_single and batch_size > 1 and n > 1 and n % batch_size == 1
+
+
+def _num_batches(n: int, batch_size: int, drop_last: bool, drop_single: bool = False) -> int:
+    return n // batch_size if drop_last or _single(n, batch_size, drop_single) else math.ceil(n / batch_size)
 
 
 def _check(batch_size: int) -> None:
@@ -78,7 +85,7 @@ class _EpochBatches:
         self.seed = int(seed)
 
     def __len__(self) -> int:
-        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last, self.shuffle)
 
     def full_order(self, epoch: int) -> torch.Tensor:
         """The epoch's sample order over the whole split (CPU int64), the same on every rank."""
@@ -130,7 +137,7 @@ class TensorLoader(_EpochBatches):
         order = self.order(epoch)
         if self.resident:
             order = order.to(self.x.device)
-        for idx in _batches(order, self.batch_size, self.drop_last):
+        for idx in _batches(order, self.batch_size, self.drop_last, self.shuffle):
             x, y = self.x[idx], self.y[idx]
             if not self.resident:
                 x, y, idx = x.to(self.device), y.to(self.device), idx.to(self.device)
@@ -226,7 +233,7 @@ class StreamLoader(_EpochBatches):
         self.prefetch_factor = prefetch_factor
 
     def iter_epoch(self, epoch: int) -> Iterator[Batch]:
-        batches = _batches(self.order(epoch), self.batch_size, self.drop_last)
+        batches = _batches(self.order(epoch), self.batch_size, self.drop_last, self.shuffle)
         kwargs = {}
         if self.num_workers > 0:
             kwargs["prefetch_factor"] = self.prefetch_factor

@@ -116,6 +116,9 @@ def build_data(recipe: Recipe, run_dir: Path | None = None) -> Any:
         mask[val_idx] = False
         dataset = dataclasses.replace(dataset, train=dataset.train.subset(mask.nonzero().squeeze(1)),
                                       val=dataset.train.subset(val_idx))
+    from kdlab.data.checks import check_dataset
+
+    check_dataset(dataset, batch_size=d.batch_size, drop_last=d.drop_last, world=dist.world())  # before any step
     return dataset
 
 
