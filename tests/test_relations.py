@@ -210,6 +210,32 @@ def test_cc_matches_reference():
     assert got3 == pytest.approx(ref_cc(term3, s, t, gamma=0.7, order=3), rel=1e-4, abs=1e-9)
 
 
+def test_cc_default_weight_matches_repdistillers_tuned_term_at_initialisation():
+    """weight * L_CC is of the order of RepDistiller's 0.02 * L_corr (its correlation loss, written here:
+    mean_i sum_d |d_i,d| |d_i+1,d|, d = e_s - e_t of the L2-normalised embeddings) on identical embeddings of
+    freshly initialised resnet8 / resnet20 penultimate features of 64 digits images."""
+    from sklearn.datasets import load_digits
+
+    from kdlab.models import build_model
+
+    torch.manual_seed(0)
+    x = torch.tensor(load_digits().data[:64], dtype=torch.float32).view(-1, 1, 8, 8) / 16
+    x = (x - x.mean()) / x.std()
+    s_net, t_net = (build_model(n, num_classes=10, input_shape=(1, 8, 8)).eval() for n in ("resnet8", "resnet20"))
+    with torch.no_grad():
+        f_s, f_t = s_net.avgpool(s_net.layer3(s_net.layer2(s_net.layer1(s_net.relu(s_net.bn1(s_net.conv1(x))))))), \
+            t_net.avgpool(t_net.layer3(t_net.layer2(t_net.layer1(t_net.relu(t_net.bn1(t_net.conv1(x)))))))
+    f_s, f_t = f_s.flatten(1), f_t.flatten(1)
+    term = build(CorrelationCongruence, s_dim=f_s.shape[1], t_dim=f_t.shape[1])
+    with torch.no_grad():
+        ours = term.p.weight * term(ctx_for({TAP: f_s}, {TAP: f_t}))["loss"].item()
+        e_s = torch.nn.functional.normalize(term.embed_s(f_s), dim=1)
+        e_t = torch.nn.functional.normalize(term.embed_t(f_t), dim=1)
+        d = (e_s - e_t).abs()
+        theirs = 0.02 * (d[:-1] * d[1:]).sum(1).mean().item()
+    assert 0.3 < ours / theirs < 3.0, (ours, theirs)  # with the old weight 0.02 the ratio was ~1/2500
+
+
 def test_cc_taylor_kernel_approaches_the_rbf():
     from kdlab.methods.relations import cc_correlation
 

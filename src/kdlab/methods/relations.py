@@ -197,7 +197,11 @@ def cc_correlation(e: torch.Tensor, kernel: str, gamma: float, order: int) -> to
 
 
 class CCParams(TermParams):
-    weight: float = 0.02  # beta = 0.02: RepDistiller scripts/run_cifar_distill.sh (`-b 0.02`)
+    # beta = 50: calibrated to RepDistiller's tuned CC term (`-b 0.02` on its own correlation loss, the CIFAR-100
+    # benchmark rows), since the paper gives no value we could check. On identical 128-d embeddings at
+    # initialisation (resnet8x4/resnet32x4 and resnet8/resnet20, B = 64) 0.02 * L_RepDistiller ~ 0.04 (~1% of the
+    # initial CE) while this paper-form L_CC ~ 8e-4: beta = 50 puts it at the same share (0.02 left it ~1e-4 of CE).
+    weight: float = 50.0
     feat_dim: int = Field(128, ge=1)  # linear embedding size 128: RepDistiller --feat_dim (LinearEmbed)
     kernel: Literal["gaussian", "bilinear"] = "gaussian"  # Gaussian RBF, Taylor-approximated (Peng et al. 2019)
     gamma: float = Field(0.4, gt=0)  # RBF gamma = 0.4 (Peng et al. 2019, as in our spec; PDF not re-read here)
@@ -214,7 +218,8 @@ class CorrelationCongruence(Term):
     from the probed sizes, trained with the student, dropped at export); loss = ||C_t - C_s||_F^2 / B^2.
 
     Note: RepDistiller's ``Correlation`` (code e-mailed by the authors) computes a different quantity
-    (products of |f_s - f_t| between consecutive samples); its weight 0.02 is used here as the default scale."""
+    (products of |f_s - f_t| between consecutive samples), about 2000x larger on the same embeddings; the
+    default weight 50 is its 0.02 rescaled to this loss (see ``CCParams.weight``)."""
 
     Params = CCParams
 
