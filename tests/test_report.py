@@ -90,7 +90,8 @@ def write_run(root: Path, label: str, seed: int) -> Path:
     if kd:
         summary["teacher"] = {"test/top1": 0.90 + 0.001 * seed}
     (d / "summary.json").write_text(json.dumps(summary))
-    (d / "recipe.yaml").write_text(yaml.safe_dump({"name": label, "seed": seed, "method": {"T": 4}}))
+    (d / "recipe.yaml").write_text(yaml.safe_dump({"name": label, "seed": seed, "method": {"T": 4},
+                                                         "objective": {label: {}}}))
     return d
 
 
@@ -199,8 +200,9 @@ def test_markdown_table(runs: Path):
     assert f"{statistics.mean(last):.2f} ± {statistics.stdev(last):.2f}" in kd_line
     assert "92.00 ± 2.00" in kd_line  # agreement in %
     assert "0.250 ± 0.050" in kd_line  # KL in nats, 3 decimals
-    gain = statistics.mean(best) - statistics.mean(100 * max(CURVES[("ce", s)]) for s in range(3))
-    assert kd_line.rstrip(" |").endswith(f"{gain:+.2f}")
+    # the gain is on the last epoch (the best one is picked on test without a validation split)
+    gain = statistics.mean(last) - statistics.mean(100 * CURVES[("ce", s)][-1] for s in range(3))
+    assert kd_line.rstrip(" |").endswith(f"{gain:+.2f}") and "last-epoch gain vs ce (pp)" in lines[0]
     cells = [c.strip() for c in ce_line.strip("|").split("|")]
     assert cells[1] == "3" and cells[4] == "–" and cells[5] == "–"  # no agreement/KL for CE
     assert cells[-1] == "baseline"
@@ -265,3 +267,37 @@ def test_summary_gaps_filled_from_metrics(runs: Path):
     assert rec.name == "kd" and len(rec.metrics) == EPOCHS
     assert rec.summary["best"]["test/top1"] == 0.80 and rec.summary["best"]["epoch"] == 3
     assert rec.summary["final"]["test/top1"] == 0.75 and rec.summary["final"]["epoch"] == EPOCHS
+
+
+def test_report_groups_by_resolved_recipe_not_name(tmp_path: Path):
+    """Four experiments named `kd` (two taus x two learning rates) and one experiment saved under two names:
+    one row per resolved recipe, labels naming the differing fields, seeds never counted twice."""
+    root = tmp_path / "runs"
+    recipes = {}
+    for tau in (2, 4):
+        for lr in (0.1, 0.05):
+            for seed in (0, 1):
+                d = write_run(root / f"t{tau}-lr{lr}", "kd", seed)
+                recipes[d] = {"name": "kd", "seed": seed, "out": f"runs/t{tau}-lr{lr}",
+                              "objective": {"kd": {"tau": tau}}, "optim": {"lr": lr}}
+    for name, seed in (("ce", 0), ("ce_copy", 1)):
+        d = write_run(root / name, "ce", seed)
+        recipes[d] = {"name": name, "seed": seed, "out": f"runs/{name}", "objective": {"ce": {}}}
+    for d, r in recipes.items():
+        (d / "recipe.yaml").write_text(yaml.safe_dump(r))
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, "name": r["name"]}))
+    out = write_report([root], tmp_path / "rep", baseline="ce = ce_copy")
+    rows = {r.label: r for r in out["rows"]}
+    assert sorted(rows) == ["ce = ce_copy", "kd [objective.kd.tau=2, optim.lr=0.05]",
+                            "kd [objective.kd.tau=2, optim.lr=0.1]", "kd [objective.kd.tau=4, optim.lr=0.05]",
+                            "kd [objective.kd.tau=4, optim.lr=0.1]"]
+    assert all(r.n == 2 and sorted(r.seeds) == [0, 1] for r in rows.values())
+    kd = rows["kd [objective.kd.tau=2, optim.lr=0.1]"]
+    want_last = statistics.mean(CURVES[("kd", s)][-1] for s in (0, 1)) - statistics.mean(
+        CURVES[("ce", s)][-1] for s in (0, 1))
+    assert kd.gain["last_top1"] == pytest.approx(want_last)
+    per_run = list(csv.DictReader(io.StringIO((tmp_path / "rep" / "runs.csv").read_text())))
+    assert len(per_run) == 10 and {d["method"] for d in per_run} == set(rows)
+    one = next(d for d in per_run if d["path"].endswith("t4-lr0.05/kd-s1"))
+    assert float(one["last_top1"]) == CURVES[("kd", 1)][-1] and one["best_epoch"] == "3" and one["seed"] == "1"

@@ -1,8 +1,10 @@
 """Reports over run folders: per-method mean ± std tables (Markdown, CSV, terminal) and curves.
 
 A run folder is one seed of one recipe as written by the engine (``summary.json``, ``metrics.jsonl``,
-``recipe.yaml``). Runs are grouped by their recipe ``name`` so several seeds become one row; the
-spread over seeds is reported because single-seed KD gains are often within seed noise.
+``recipe.yaml``). Runs are grouped by their resolved recipe without seed, ``out`` and ``name`` (a fingerprint),
+so several seeds of one experiment become one row and different experiments that share a name do not; the
+row label shows the fields in which same-named experiments differ. The spread over seeds is reported because
+single-seed KD gains are often within seed noise; the gain column uses the last epoch.
 ``kdlab report RUNS... --out DIR`` calls :func:`write_report`.
 """
 
@@ -19,13 +21,15 @@ from kdlab.report.aggregate import (
     Stat,
     aggregate,
     find_runs,
+    fingerprint,
     gain_over,
     group,
     load_run,
     load_runs,
+    recipe_labels,
 )
 from kdlab.report.plots import plot_curves, plot_xy
-from kdlab.report.tables import csv_table, markdown_table, rich_table
+from kdlab.report.tables import csv_table, markdown_table, rich_table, runs_csv
 
 __all__ = [
     "STATS",
@@ -35,6 +39,7 @@ __all__ = [
     "aggregate",
     "csv_table",
     "find_runs",
+    "fingerprint",
     "gain_over",
     "group",
     "load_run",
@@ -42,7 +47,9 @@ __all__ = [
     "markdown_table",
     "plot_curves",
     "plot_xy",
+    "recipe_labels",
     "rich_table",
+    "runs_csv",
     "write_report",
 ]
 
@@ -54,29 +61,31 @@ def write_report(
     out_dir: str | Path,
     baseline: str | None = None,
 ) -> dict[str, Any]:
-    """Find and aggregate runs, write ``report.md``, ``report.csv`` and curve PNGs into ``out_dir``.
+    """Find and aggregate runs, write ``report.md``, ``report.csv`` (one row per experiment), ``runs.csv``
+    (one row per run) and curve PNGs into ``out_dir``.
 
     Returns ``{"markdown": str, "rows": list[Row], "files": list[Path]}``; ``rows`` carry gains
     over ``baseline`` when one is given (an unknown baseline raises KDLabError before anything is written).
     """
     out_dir = Path(out_dir)
     records = load_runs(paths)
-    rows = aggregate(records)
+    rows = aggregate(records, by="recipe")
     if baseline is not None:
         rows = gain_over(rows, baseline)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pngs = plot_curves(records, out_dir, metrics=CURVE_METRICS)
+    pngs = plot_curves(records, out_dir, metrics=CURVE_METRICS, by="recipe")
 
     table = markdown_table(rows, baseline=baseline)
     parts = [
         "# kdlab report\n",
-        f"{len(records)} runs in {len(rows)} groups; mean ± sample std over seeds "
-        "(accuracy, agreement and ECE in %, KL(T‖S) in nats; *best* is the epoch of highest "
-        "test top-1, *last* the final epoch).\n",
+        f"{len(records)} runs in {len(rows)} groups (one per resolved recipe, seed aside); mean ± sample std "
+        "over seeds (accuracy, agreement and ECE in %, KL(T‖S) in nats; *best* is the epoch picked on "
+        "validation top-1 when the run has a validation split, else on test top-1, so it is optimistic; "
+        "*last* is the final epoch).\n",
         table,
     ]
     if baseline is not None:
-        parts.append(f"Gain: difference of mean best top-1 vs `{baseline}`, in percentage points.\n")
+        parts.append(f"Gain: difference of mean last-epoch top-1 vs `{baseline}`, in percentage points.\n")
     if pngs:
         parts.append("## Curves\n")
         parts += [f"![{p.stem}]({p.name})\n" for p in pngs]
@@ -86,6 +95,8 @@ def write_report(
 
     md_path = out_dir / "report.md"
     csv_path = out_dir / "report.csv"
+    runs_path = out_dir / "runs.csv"
     md_path.write_text(markdown, encoding="utf-8")
     csv_path.write_text(csv_table(rows), encoding="utf-8")
-    return {"markdown": markdown, "rows": rows, "files": [md_path, csv_path, *pngs]}
+    runs_path.write_text(runs_csv(records, recipe_labels(records)), encoding="utf-8")
+    return {"markdown": markdown, "rows": rows, "files": [md_path, csv_path, runs_path, *pngs]}

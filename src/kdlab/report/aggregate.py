@@ -7,6 +7,7 @@ is missing, so that a report never silently drops a run written by an older or i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -185,6 +186,59 @@ def load_runs(paths: Sequence[str | Path] | str | Path) -> list[RunRecord]:
 
 
 # --------------------------------------------------------------------------------------- grouping
+NOT_THE_EXPERIMENT = ("seed", "out", "name")  # fields that do not make two runs different experiments
+
+
+def _core(rec: RunRecord) -> dict[str, Any]:
+    """The resolved recipe without seed, output folder and name; the name alone when no recipe was saved."""
+    if not rec.recipe:
+        return {"name": rec.name}
+    return {k: v for k, v in rec.recipe.items() if k not in NOT_THE_EXPERIMENT}
+
+
+def fingerprint(rec: RunRecord) -> str:
+    """A short hash of the resolved recipe without seed/out/name: runs with equal fingerprints are seeds
+    of one experiment, whatever their names or folders."""
+    blob = json.dumps(_core(rec), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict) and node:
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(node, sort_keys=True, default=str)}
+
+
+def recipe_labels(records: Sequence[RunRecord], max_fields: int = 3) -> dict[str, str]:
+    """Row label per fingerprint: the recipe name, plus the fields that differ when several experiments
+    share a name (``kd [objective.kd.tau=2.0]``); one experiment saved under several names lists them."""
+    names: dict[str, list[str]] = {}
+    first: dict[str, RunRecord] = {}
+    for r in records:
+        fp = fingerprint(r)
+        first.setdefault(fp, r)
+        if r.name not in names.setdefault(fp, []):
+            names[fp].append(r.name)
+    labels = {fp: " = ".join(ns) for fp, ns in names.items()}
+    by_label: dict[str, list[str]] = {}
+    for fp, label in labels.items():
+        by_label.setdefault(label, []).append(fp)
+    for label, fps in by_label.items():
+        if len(fps) < 2:
+            continue
+        flats = {fp: _flat(_core(first[fp])) for fp in fps}
+        keys = sorted(set().union(*flats.values()))
+        differ = [k for k in keys if len({flats[fp].get(k, "–") for fp in fps}) > 1]
+        for fp in fps:
+            shown = [f"{k}={flats[fp].get(k, '–')}" for k in differ[:max_fields]]
+            more = ", …" if len(differ) > max_fields else ""
+            labels[fp] = f"{label} [{', '.join(shown) or fp}{more}]"
+    return labels
+
+
 def _lookup(rec: RunRecord, key: str) -> Any:
     """Attribute of the record, else a dotted key into the recipe (e.g. ``"method.T"``), else summary."""
     if "." not in key and hasattr(rec, key) and not callable(getattr(rec, key)):
@@ -203,7 +257,15 @@ def _lookup(rec: RunRecord, key: str) -> Any:
 def group(
     records: Iterable[RunRecord], by: str | Callable[[RunRecord], Any] = "name"
 ) -> dict[str, list[RunRecord]]:
-    """Records by label, groups in first-seen order (so tables follow the order runs were given)."""
+    """Records by label, groups in first-seen order (so tables follow the order runs were given).
+
+    ``by="recipe"`` groups by :func:`fingerprint` (the resolved recipe without seed, out and name) and labels
+    each group with :func:`recipe_labels`; ``kdlab report`` uses it, so different experiments that share a
+    name never become one row."""
+    if by == "recipe":
+        records = list(records)
+        labels = recipe_labels(records)
+        by = lambda r: labels[fingerprint(r)]  # noqa: E731
     out: dict[str, list[RunRecord]] = {}
     for r in records:
         label = by(r) if callable(by) else _lookup(r, by)
