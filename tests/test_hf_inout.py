@@ -169,3 +169,52 @@ def test_a_transformers_model_from_a_factory_is_a_kdlab_model(tmp_path, monkeypa
         adapt_model(BertForSequenceClassification(_config(num_labels=3)), 4)
     plain = torch.nn.Linear(2, 2)
     assert adapt_model(plain, 2) is plain and isinstance(adapt_model(BertModel(_config()), 2), HFClassifier)
+
+
+def test_kdlab_export_format_hf_of_a_trained_text_student(classifier_dir, tmp_path):
+    """hf_disk data, the saved classifier as teacher, a head: hf student from an encoder folder; one epoch of
+    KD; `kdlab export --format hf` gives a folder AutoModelForSequenceClassification loads to the same logits."""
+    hfds = pytest.importorskip("datasets")
+    import inspect
+
+    from transformers import AutoModelForSequenceClassification, BertModel, BertTokenizerFast
+
+    from kdlab.cli import main
+    from kdlab.engine import run_recipe
+    from kdlab.export import load_run_student
+    from kdlab.recipe import load_recipe
+
+    words = [f"w{i}" for i in range(VOCAB - 5)]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    key = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+    tok = BertTokenizerFast(**{key: str(vocab)}, do_lower_case=True)
+    torch.manual_seed(2)
+    BertModel(_config()).save_pretrained(str(tmp_path / "enc"))
+    tok.save_pretrained(str(tmp_path / "enc"))
+    g = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[int(j)] for j in torch.randint(0, len(words), (6,), generator=g)) for _ in range(30)]
+    hfds.Dataset.from_dict({"text": texts, "label": [i % 3 for i in range(30)]}).save_to_disk(str(tmp_path / "d"))
+    path, _ = classifier_dir
+    recipe = load_recipe({
+        "name": "hfkd", "out": str(tmp_path / "runs"),
+        "data": {"name": "hf_disk", "kwargs": {"root": str(tmp_path / "d"), "tokenizer": str(tmp_path / "enc"),
+                                               "max_length": L}, "batch_size": 8},
+        "student": {"name": "hf_classifier", "kwargs": {"path": str(tmp_path / "enc"), "head": "hf"}},
+        "teacher": {"model": {"name": "hf_classifier", "kwargs": {"path": str(path)}}},
+        "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4.0}},
+        "optim": {"name": "adamw", "lr": 1e-3}, "schedule": {"epochs": 1, "name": "constant"},
+        "train": {"tensorboard": False},
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the student's new head is announced; expected here
+        summary = run_recipe(recipe, quiet=True)
+        run = summary.get("run_dir") or str(next((tmp_path / "runs").rglob("summary.json")).parent)
+        assert main(["export", str(run), "--out", str(tmp_path / "exported"), "--format", "hf"]) == 0
+        student, record = load_run_student(run)
+    back = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "exported"), local_files_only=True)
+    assert back.config.id2label == {0: "0", 1: "1", 2: "2"}
+    ids = _ids(seed=7)
+    with torch.no_grad():
+        assert torch.allclose(_reference_logits(back, ids), student(ids), atol=1e-5)
+    assert (tmp_path / "exported" / "tokenizer.json").exists() or (tmp_path / "exported" / "vocab.txt").exists()

@@ -159,6 +159,21 @@ def onnx_max_difference(model: nn.Module, record: dict[str, Any], path: Path, ba
     return float(abs(got - want).max())
 
 
+@exporter("hf")
+def export_hf(model: nn.Module, record: dict[str, Any], out: Path, source: str) -> str:
+    """A Hugging Face folder (``save_pretrained``, class names as ``id2label``, the run's tokenizer) for
+    students with transformers' own head (``hf_classifier``, ``head: hf``), reloaded and compared."""
+    from kdlab.models.hf import save_pretrained_classifier
+
+    tokenizer = (record.get("text") or {}).get("tokenizer")
+    diff = save_pretrained_classifier(model, out, record.get("classes"), tokenizer)
+    if diff > 1e-4:
+        raise KDLabError(f"{out}: AutoModelForSequenceClassification's logits differ from the student's by "
+                         f"{diff:.2e} (> 1e-4)")
+    return (f"exported the student as a Hugging Face folder {out} (AutoModelForSequenceClassification."
+            f"from_pretrained gives the same logits: max |difference| {diff:.1e})")
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as f:
