@@ -146,3 +146,16 @@ def test_mixed_sizes_and_bad_archives_are_one_line_errors(tmp_path):
         build_dataset("imagefolder", root=str(tmp_path / "ok.tar.gz"), stream=True)
     with pytest.raises(KDLabError, match="does not exist"):
         build_dataset("imagefolder", root=str(tmp_path / "nowhere"))
+
+
+def test_the_cifar10_recipes_point_at_the_shared_jpeg_archives():
+    from kdlab.data.archive import find_archives
+    from kdlab.recipe import load_recipe
+
+    repo = Path(__file__).resolve().parents[1]
+    r = load_recipe([str(repo / "recipes/cifar10/resnet56-resnet20.yaml"), str(repo / "recipes/methods/kd.yaml")])
+    root = Path(r.data.kwargs["root"])
+    assert r.data.name == "imagefolder" and root == (repo.parent / "shared/data/cifar10-jpeg").resolve()
+    assert load_recipe(r.teacher.recipe).data.kwargs["root"] == str(root)
+    if root.is_dir():  # where the shared data exists, both archives are found there
+        assert [a.name for a in find_archives(root)] == ["cifar10-jpeg-test.tar.gz", "cifar10-jpeg-train.tar.gz"]
