@@ -6,6 +6,7 @@ User errors (KDLabError) are printed as one line with exit status 2, never as a 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from kdlab.errors import KDLabError
@@ -52,7 +53,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kdlab.registry import DATASETS, LAYERS, MODELS, TERMS, VIEWS
+    from kdlab.registry import DATASETS, LAYERS, MODELS, TERMS, VIEWS, options
 
     registries = {"methods": TERMS, "models": MODELS, "datasets": DATASETS, "views": VIEWS, "layers": LAYERS}
     kinds = [args.what] if args.what else list(registries)
@@ -66,9 +67,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_column("description")
         table.add_column("paper")
         for e in registries[kind].entries():
-            table.add_row(e.name, e.description, e.paper)
+            extra = [", ".join(options(e.obj))] if kind == "datasets" else []
+            table.add_row(e.name, e.description, e.paper, *extra)
         console.print(table)
     return 0
+        if kind == "datasets":  # data.kwargs are free-form: show each builder's options and defaults
+            table.add_column("options (data.kwargs)")
 
 
 def registry_markdown(registries: dict) -> str:
@@ -86,6 +90,10 @@ def registry_markdown(registries: dict) -> str:
         out.append("")
     return "\n".join(out)
 
+            elif kind == "datasets":  # builder keyword arguments (data.kwargs)
+                from kdlab.registry import options
+
+                fields = ", ".join(f"`{o}`" for o in options(e.obj))
 
 def cmd_report(args: argparse.Namespace) -> int:
     from kdlab.report import write_report
@@ -255,3 +263,5 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 __all__ = ["main", "build_parser"]
+    if "" not in sys.path and os.getcwd() not in sys.path:  # own models/plugins next to the recipes import
+        sys.path.insert(0, os.getcwd())

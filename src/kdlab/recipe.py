@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdlab.errors import KDLabError, nearest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover  (Python 3.10: the same parser, from PyPI)
+    import tomli as tomllib
 
 
 class Strict(BaseModel):
@@ -67,18 +72,19 @@ class InsertSpec(Strict):
     def _known(cls, v: str) -> str:
         from kdlab.registry import LAYERS
 
-        if v not in LAYERS:
-            raise ValueError(str(_unknown("layer", v, LAYERS.names())))
-        return v
+        return _known(LAYERS, v)
 
 
 class ModelSpec(Strict):
     """A model: a registry name, ``timm:NAME``, ``torchvision:NAME`` or a factory ``package.module:function``,
-    optionally with layers inserted at module paths (``insert:``)."""
+    optionally with layers inserted at module paths (``insert:``) and initial ``weights`` (a safetensors or
+    torch state-dict file loaded into the built model before any layer is inserted; a resumed run uses its
+    checkpoint instead)."""
 
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     insert: list[InsertSpec] = Field(default_factory=list)
+    weights: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -117,8 +123,7 @@ class ViewSpec(Strict):
         if isinstance(data, dict) and set(data) == {"name", "params"}:
             return data
         name, params = _component("view", data)
-        if name not in VIEWS:
-            raise ValueError(str(_unknown("view", name, VIEWS.names())))
+        _known(VIEWS, name)
         return {"name": name, "params": _validate_params(VIEWS.get(name).Params, params)}
 
     def build(self) -> Any:
@@ -156,6 +161,15 @@ class TermSpec(Strict):
         return TERMS.get(self.term)(self.params)
 
 
+def _known(registry: Any, name: str) -> str:
+    """A registered name or an importable ``package.module:name``; else the registry's one-line error."""
+    try:
+        registry.entry(name)
+    except KDLabError as e:
+        raise ValueError(str(e)) from None
+    return name
+
+
 def _unknown(kind: str, name: str, names: list[str]) -> KDLabError:
     from kdlab.errors import unknown_name
 
@@ -181,8 +195,10 @@ def _parse_objective(raw: Any) -> dict[str, TermSpec]:
                              f"got {params!r}")
         params = dict(params or {})
         term = str(params.pop("term", label))
-        if term not in TERMS:
-            raise ValueError(f"[{label}] {_unknown('method', term, TERMS.names())}")
+        try:
+            _known(TERMS, term)
+        except ValueError as e:
+            raise ValueError(f"[{label}] {e}") from None
         try:
             out[label] = TermSpec(term=term, params=_validate_params(TERMS.get(term).Params, params))
         except ValueError as e:
@@ -286,9 +302,7 @@ class DataSpec(Strict):
     def _known(cls, v: str) -> str:
         from kdlab.registry import DATASETS
 
-        if v not in DATASETS:
-            raise ValueError(str(_unknown("dataset", v, DATASETS.names())))
-        return v
+        return _known(DATASETS, v)
 
 
 class OptimSpec(Strict):
@@ -388,6 +402,9 @@ class Recipe(Strict):
 
     @field_validator("views")
     @classmethod
+    # Modules imported before the rest of the recipe is validated, so what they register can be named
+    # (``plugins: [mypkg.kd_extras]``); kept in the run folder's recipe.yaml, so resume/export import them too.
+    plugins: list[str] = Field(default_factory=list)
     def _views_kind(cls, v: list[ViewSpec]) -> list[ViewSpec]:
         return _check_kind(v, "extra", "views")
 
@@ -493,16 +510,35 @@ def read_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     data = parse_file(p)
     if not isinstance(data, dict):
         raise KDLabError(f"{p}: a recipe must be a mapping at top level")
-    base = data.pop("base", None)  # a recipe may extend another, relative to its own folder
-    if base:
-        merged = read_file(p.parent / base, (*_chain, p.resolve()))
-        data = deep_merge(merged, data)
-    return data
+    base = data.pop("base", None)  # a recipe may extend others, relative to its own folder
+    data = resolve_relative(data, p.resolve().parent)
+    merged: dict[str, Any] = {}
+    for b in [base] if isinstance(base, str) else base or []:
+        merged = deep_merge(merged, read_file(p.parent / b, (*_chain, p.resolve())))
+    return deep_merge(merged, data) if merged else data
+
+
+FILE_RELATIVE = ("./", "../")
+
+
+def resolve_relative(node: Any, folder: Path) -> Any:
+    """Strings starting with ``./`` or ``../`` -> absolute paths under ``folder`` (the recipe file's), in any
+    field (teacher run/recipe/checkpoint, weights, data kwargs, a plugin's options). Other relative paths keep
+    meaning the working directory, where outputs (``out``, ``teacher.run``) belong."""
+    if isinstance(node, dict):
+        return {k: resolve_relative(v, folder) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve_relative(v, folder) for v in node]
+    if isinstance(node, str) and node.startswith(FILE_RELATIVE):
+        return str((folder / node).resolve())
+    return node
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
+    """One recipe file as plain data: ``base:`` files merged under it, and every string value that starts with
+    ``./`` or ``../`` made an absolute path relative to this file's folder (see ``resolve_relative``)."""
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "objective":
             out[k] = deep_merge(out[k], v)
         else:
@@ -566,5 +602,11 @@ def load_recipe(source: str | Path | dict[str, Any] | list[str | Path], override
         data, name = read_file(source), str(source)
     return validate(apply_overrides(data, overrides or []), name)
 
+    from kdlab.registry import import_plugins
+
+    try:  # plugins first: the modules they name register datasets/methods/views the rest may use
+        import_plugins(data.get("plugins"))
+    except KDLabError as e:
+        raise KDLabError(f"{source}: {e}") from None
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")

@@ -7,6 +7,7 @@ from typing import Any
 
 from kdlab.data import builtin, cifar, folder  # noqa: F401  (register the datasets)
 from kdlab.data import text  # noqa: F401  (registers tweets, glue)
+from kdlab.data import arrays  # noqa: F401  (registers arrays: a user's own files)
 from kdlab.data.base import Dataset, Split
 from kdlab.data.loader import StreamLoader, StreamSplit, TensorLoader, make_loader
 from kdlab.errors import KDLabError

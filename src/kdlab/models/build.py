@@ -15,6 +15,10 @@ Name forms:
   ``def make(depth=2)`` all work; a factory that does not take ``num_classes`` must produce the right
   number of outputs itself. The factory must return an ``nn.Module``.
 
+timm models get portable tap aliases from their ``feature_info``: ``@stageK`` is timm's ``out_indices`` K (so
+``@stage0`` is the stem where timm lists one), ``@last`` the deepest, ``@penultimate`` the classifier's input;
+so the method recipes work on them.
+
 kdlab never downloads weights: ``pretrained=True`` / ``weights=...`` are refused for the adapters (load a
 checkpoint instead). timm and torchvision are imported lazily and are optional (``kdlab[vision]``).
 """
@@ -29,7 +33,7 @@ from typing import Any
 from torch import nn
 
 from kdlab.errors import KDLabError
-from kdlab.registry import MODELS
+from kdlab.registry import MODELS, import_object
 
 __all__ = ["build_model"]
 
@@ -100,11 +104,35 @@ def _build_timm(arch: str, num_classes: int, shape: tuple[int, ...], kwargs: dic
     if len(shape) == 3:
         kw.setdefault("in_chans", shape[0])
     try:
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kw)
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kw)
     except RuntimeError as e:  # timm raises RuntimeError('Unknown model (...)') for unknown names
         raise KDLabError(f"model {full!r}: {e}") from None
 
 
+    if isinstance(model, nn.Module) and not getattr(model, "kdlab_taps", None):
+        taps = timm_taps(model)
+        if taps:
+            model.kdlab_taps = taps
+    return model
+
+
+def timm_taps(model: nn.Module) -> dict[str, str]:
+    """Tap aliases from a timm model's ``feature_info`` (a list of ``{module, num_chs, reduction}``) and its
+    classifier name (``pretrained_cfg["classifier"]``): ``stageK`` is timm's feature index K (the numbering of
+    ``features_only``/``out_indices``), ``last`` the deepest, ``penultimate`` the classifier's input."""
+    modules = dict(model.named_modules())
+    info = getattr(model, "feature_info", None) or []
+    paths = [f.get("module") for f in info if isinstance(f, dict)]
+    taps = {f"stage{k}": p for k, p in enumerate(paths) if p in modules}
+    if taps:
+        taps["last"] = taps[max(taps, key=lambda t: int(t[5:]))]
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    head = cfg.get("classifier") if isinstance(cfg, dict) else None
+    if isinstance(head, (list, tuple)):  # distilled models list two heads; the first is the class head
+        head = head[0] if head else None
+    if isinstance(head, str) and head in modules:
+        taps["penultimate"] = f"{head}:in"
+    return taps
 def _build_torchvision(arch: str, num_classes: int, shape: tuple[int, ...], kwargs: dict[str, Any]) -> nn.Module:
     full = f"torchvision:{arch}"
     if not arch:
@@ -143,18 +171,7 @@ def _replace_first_conv(model: nn.Module, in_channels: int, full: str) -> None:
 
 
 def _resolve_factory(spec: str) -> Callable[..., Any]:
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise KDLabError(f"model factory must look like 'package.module:function'; got {spec!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise KDLabError(f"model factory {spec!r}: cannot import module {module_name!r} ({e})") from None
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise KDLabError(f"model factory {spec!r}: {module_name!r} has no attribute {attr_path!r}") from None
+    obj = import_object(spec, "model")  # the one `package.module:name` mechanism of every registry
     if not callable(obj):
         raise KDLabError(f"model factory {spec!r} is not callable")
     return obj
