@@ -82,6 +82,9 @@ def test_archives_equal_the_unpacked_folder_and_load_from_the_cache(tmp_path, mo
     def no_decode(*a, **k):
         raise AssertionError("decoded again although the cache holds this archive")
 
+    sub = build_dataset("imagefolder", root=str(arch), train_subset=4, test_subset=2, seed=1)
+    assert sub.train.y.tolist() == [0, 0, 1, 1] and sub.test.y.tolist() == [0, 1] and sub.mean == d.mean
+    assert all(any(torch.equal(x, r) for r in d.train.x) for x in sub.train.x)
     monkeypatch.setattr(F, "_decode_uint8", no_decode)
     again = build_dataset("imagefolder", root=str(arch))
     assert "decoded copy" in again.notes and torch.equal(again.train.x, d.train.x) and again.mean == d.mean

@@ -30,7 +30,7 @@ import torch
 import torch.utils.data
 
 from kdlab.data.base import Dataset, Split
-from kdlab.data.builtin import channel_stats
+from kdlab.data.builtin import apply_subsets, channel_stats
 from kdlab.data.loader import StreamSplit
 from kdlab.errors import KDLabError
 from kdlab.registry import DATASETS
@@ -290,8 +290,8 @@ def _decoded(key_sources: list[str], options: dict, cache: bool | str, decode) -
 
 @DATASETS.register(
     "imagefolder",
-    description="images in root/train/<class>/ and root/val|test/<class>/, folders or .tar/.tar.gz archives; "
-    "options: image_size, channels (default: what the images are), resize, stream, cache",
+    description="images in root/train/<class>/ and root/val|test/<class>/, as folders or .tar/.tar.gz archives "
+    "(decoded once, cached); channels and image_size default to the images' own",
 )
 def imagefolder(
     *,
@@ -302,6 +302,9 @@ def imagefolder(
     stream: bool = False,
     num_threads: int | None = None,
     cache: bool | str = True,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
 ) -> Dataset:
     """A class-per-folder image set: ``root/train/<class>/*`` and ``root/val/<class>/*`` (else ``root/test``),
     or the same folders inside ``.tar``/``.tar.gz``/``.tgz`` archives (``root`` = one archive, or a folder
@@ -314,7 +317,8 @@ def imagefolder(
     ``$KDLAB_CACHE`` or ``~/.cache/kdlab``; a path; False: none), keyed by the archives' sha256 (plain folders:
     paths, sizes and mtimes) and the options, so later runs load in about a second; the splits are float32
     in memory. ``stream=True`` (plain folders only) decodes per batch instead. mean/std: per channel over the
-    training images (over a fixed sample of 512 of them when streaming).
+    training images (over a fixed sample of 512 of them when streaming). ``train_subset``/``test_subset``:
+    seeded (``seed``) stratified subsets of the in-memory splits; mean/std stay those of the full training split.
     """
     from kdlab.data.archive import find_archives, read_archives
     from kdlab.data.decoded import file_sha256, folder_fingerprint, uint8_channel_stats
@@ -351,6 +355,8 @@ def imagefolder(
         tr_files, tr_labels = _scan_classes(train_dir, classes)
         te_files, te_labels = _scan_classes(test_dir, classes)
         if stream:
+            if train_subset is not None or test_subset is not None:
+                raise KDLabError("imagefolder: train_subset/test_subset work on in-memory splits; drop stream=True")
             return _streamed_folder(base, train_dir, test_dir, classes, tr_files, tr_labels, te_files, te_labels,
                                     image_size, channels, resize)
         sources = [folder_fingerprint([train_dir, test_dir])]
@@ -365,6 +371,7 @@ def imagefolder(
 
     arrays, meta, where = _decoded(sources, options, cache, decode)
     train, test = _to_split(arrays["train_x"], arrays["train_y"]), _to_split(arrays["test_x"], arrays["test_y"])
+    train, test = apply_subsets(train, test, train_subset, test_subset, seed)
     size, ch = int(arrays["train_x"].shape[-1]), int(arrays["train_x"].shape[1])
     return Dataset(
         name="imagefolder",
