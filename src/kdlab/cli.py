@@ -66,13 +66,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_column("name", style="bold")
         table.add_column("description")
         table.add_column("paper")
+        if kind == "datasets":  # data.kwargs are free-form: show each builder's options and defaults
+            table.add_column("options (data.kwargs)")
         for e in registries[kind].entries():
             extra = [", ".join(options(e.obj))] if kind == "datasets" else []
             table.add_row(e.name, e.description, e.paper, *extra)
         console.print(table)
     return 0
-        if kind == "datasets":  # data.kwargs are free-form: show each builder's options and defaults
-            table.add_column("options (data.kwargs)")
 
 
 def registry_markdown(registries: dict) -> str:
@@ -86,14 +86,14 @@ def registry_markdown(registries: dict) -> str:
             if params is not None and hasattr(params, "model_fields"):
                 fields = ", ".join(f"`{n}={f.get_default(call_default_factory=True)!r}`"
                                    for n, f in params.model_fields.items() if not f.is_required())
-            out.append(f"| `{e.name}` | {e.description} | {e.paper} | {fields} |")
-        out.append("")
-    return "\n".join(out)
-
             elif kind == "datasets":  # builder keyword arguments (data.kwargs)
                 from kdlab.registry import options
 
                 fields = ", ".join(f"`{o}`" for o in options(e.obj))
+            out.append(f"| `{e.name}` | {e.description} | {e.paper} | {fields} |")
+        out.append("")
+    return "\n".join(out)
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     from kdlab.report import write_report
@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if "" not in sys.path and os.getcwd() not in sys.path:  # own models/plugins next to the recipes import
+        sys.path.insert(0, os.getcwd())
     try:
         return args.fn(args)
     except KDLabError as e:
@@ -263,5 +265,3 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 __all__ = ["main", "build_parser"]
-    if "" not in sys.path and os.getcwd() not in sys.path:  # own models/plugins next to the recipes import
-        sys.path.insert(0, os.getcwd())

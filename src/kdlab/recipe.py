@@ -384,6 +384,9 @@ class Recipe(Strict):
     name: str = "run"
     seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed's range
     out: str = "runs"
+    # Modules imported before the rest of the recipe is validated, so what they register can be named
+    # (``plugins: [mypkg.kd_extras]``); kept in the run folder's recipe.yaml, so resume/export import them too.
+    plugins: list[str] = Field(default_factory=list)
     data: DataSpec = Field(default_factory=DataSpec)
     student: ModelSpec
     cohort: list[ModelSpec] = Field(default_factory=list)
@@ -402,9 +405,6 @@ class Recipe(Strict):
 
     @field_validator("views")
     @classmethod
-    # Modules imported before the rest of the recipe is validated, so what they register can be named
-    # (``plugins: [mypkg.kd_extras]``); kept in the run folder's recipe.yaml, so resume/export import them too.
-    plugins: list[str] = Field(default_factory=list)
     def _views_kind(cls, v: list[ViewSpec]) -> list[ViewSpec]:
         return _check_kind(v, "extra", "views")
 
@@ -502,6 +502,8 @@ def parse_file(p: Path) -> Any:
 
 
 def read_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One recipe file as plain data: ``base:`` files merged under it, and every string value that starts with
+    ``./`` or ``../`` made an absolute path relative to this file's folder (see ``resolve_relative``)."""
     p = Path(path)
     if not p.exists():
         raise KDLabError(f"recipe file not found: {p}")
@@ -537,8 +539,6 @@ def resolve_relative(node: Any, folder: Path) -> Any:
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
-    """One recipe file as plain data: ``base:`` files merged under it, and every string value that starts with
-    ``./`` or ``../`` made an absolute path relative to this file's folder (see ``resolve_relative``)."""
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "objective":
             out[k] = deep_merge(out[k], v)
         else:
@@ -584,6 +584,12 @@ def merge_files(files: list[str | Path]) -> dict[str, Any]:
 
 
 def validate(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    from kdlab.registry import import_plugins
+
+    try:  # plugins first: the modules they name register datasets/methods/views the rest may use
+        import_plugins(data.get("plugins"))
+    except KDLabError as e:
+        raise KDLabError(f"{source}: {e}") from None
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
@@ -602,11 +608,5 @@ def load_recipe(source: str | Path | dict[str, Any] | list[str | Path], override
         data, name = read_file(source), str(source)
     return validate(apply_overrides(data, overrides or []), name)
 
-    from kdlab.registry import import_plugins
-
-    try:  # plugins first: the modules they name register datasets/methods/views the rest may use
-        import_plugins(data.get("plugins"))
-    except KDLabError as e:
-        raise KDLabError(f"{source}: {e}") from None
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")

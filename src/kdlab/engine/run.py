@@ -60,9 +60,9 @@ def build_model_for(spec: ModelSpec, dataset: Any) -> torch.nn.Module:
     from kdlab.models import build_model
 
     model = build_model(spec.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape, **spec.kwargs)
-    if spec.insert:
     if spec.weights:  # start from local weights (before inserted layers; a resumed run loads its checkpoint)
         fit_weights(model, read_weights(spec.weights), f"weights {spec.weights}")
+    if spec.insert:
         insert_layers(model, spec.insert, input_shape=tuple(dataset.input_shape), num_classes=dataset.num_classes)
     return model
 

@@ -107,8 +107,6 @@ def _build_timm(arch: str, num_classes: int, shape: tuple[int, ...], kwargs: dic
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **kw)
     except RuntimeError as e:  # timm raises RuntimeError('Unknown model (...)') for unknown names
         raise KDLabError(f"model {full!r}: {e}") from None
-
-
     if isinstance(model, nn.Module) and not getattr(model, "kdlab_taps", None):
         taps = timm_taps(model)
         if taps:
@@ -133,6 +131,8 @@ def timm_taps(model: nn.Module) -> dict[str, str]:
     if isinstance(head, str) and head in modules:
         taps["penultimate"] = f"{head}:in"
     return taps
+
+
 def _build_torchvision(arch: str, num_classes: int, shape: tuple[int, ...], kwargs: dict[str, Any]) -> nn.Module:
     full = f"torchvision:{arch}"
     if not arch:
