@@ -53,7 +53,9 @@ def build_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], **
     elif sep and prefix == "torchvision":
         model = _build_torchvision(rest, num_classes, input_shape, kwargs)
     elif sep:
-        model = _build_factory(name, num_classes, input_shape, kwargs)
+        from kdlab.models.hf import adapt_model  # a transformers model takes ids and returns logits like ours
+
+        model = adapt_model(_build_factory(name, num_classes, input_shape, kwargs), num_classes)
     else:
         model = MODELS.get(name)(num_classes=num_classes, input_shape=input_shape, **kwargs)
     if not isinstance(model, nn.Module):
