@@ -167,6 +167,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from kdlab.shipped import copy_recipes
+
+    dest = copy_recipes(args.path, force=args.force)
+    print(f"copied the shipped recipes to {dest}; e.g. kdlab run {dest / 'digits' / 'pair.yaml'} "
+          f"{dest / 'methods' / 'kd.yaml'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation toolkit.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -242,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["test", "train", "val"])
     ev.add_argument("--weights", choices=["final", "best"], default="final")
     ev.set_defaults(fn=cmd_eval)
+    rc = sub.add_parser("recipes", help="copy the shipped recipes (pairs, methods, studies) to a folder")
+    rc.add_argument("path", help="destination folder (created)")
+    rc.add_argument("--force", action="store_true", help="copy into an existing non-empty folder")
+    rc.set_defaults(fn=cmd_recipes)
     return p
 
 
