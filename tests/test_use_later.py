@@ -130,9 +130,12 @@ def test_eval_on_the_runs_data_and_on_a_named_dataset(trained, tmp_path, capsys)
     assert main(["eval", str(trained["run"]), "--data", "digits", "--weights", "best"]) == 0
     best = json.loads(capsys.readouterr().out)
     assert best["test/top1"] == pytest.approx(trained["summary"]["best"]["test/top1"], abs=1e-12)
-    (tmp_path / "d.yaml").write_text("data: {name: mnist1d}\n")
+    small = tmp_path / "small.npz"  # 4x4 images: a clear error, not a shape crash inside the network
+    np.savez(small, **{f"{s}_{k}": np.random.default_rng(0).random((3, 1, 4, 4), np.float32) if k == "x" else np.zeros(3, np.int64)
+                       for s in ("train", "test") for k in ("x", "y")})
+    (tmp_path / "d.yaml").write_text(f"data: {{name: _test_npz, kwargs: {{path: {small}}}}}\n")
     assert main(["eval", str(trained["run"]), "--data", str(tmp_path / "d.yaml")]) == 2
-    assert "the student takes (1, 8, 8)" in capsys.readouterr().err
+    assert "has inputs (1, 4, 4), the student takes (1, 8, 8)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

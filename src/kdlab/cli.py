@@ -34,9 +34,11 @@ def _files_and_overrides(items: list[str], missing: str) -> tuple[list[str], lis
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kdlab.engine import resume_run, run_recipe
+    from kdlab.engine.progress import current_run
     from kdlab.recipe import load_recipe
 
     if args.resume:
+        current_run(args.resume)
         resume_run(args.resume, wait=args.wait)
         return 0
     files, overrides = _files_and_overrides(args.recipe, "kdlab run needs at least one RECIPE file (or --resume RUN_DIR)")
@@ -45,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = load_recipe(files, overrides)
     for seed in args.seeds or [base.seed]:
         recipe = base.model_copy(update={"seed": seed})
+        current_run(recipe.run_dir())
         run_recipe(recipe, existing="overwrite" if args.force else "resume", wait=args.wait)
     return 0
 
@@ -265,11 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except KDLabError as e:
+        from kdlab.engine.progress import stop_bars
+
+        stop_bars()
         print(f"kdlab: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kdlab: interrupted; resume with `kdlab run --resume RUN_DIR` (the last epoch checkpoint is kept)",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # the real resume command, no traceback, the shell's 128 + SIGINT
+        from kdlab.engine.progress import interrupted_message
+
+        print(interrupted_message(), file=sys.stderr)
         return 130
 
 

@@ -355,12 +355,27 @@ class TrainSpec(Strict):
     eval_every: int = Field(1, gt=0)
     progress: bool | None = None
     tensorboard: bool = True
+    # Per-epoch trackers besides metrics.jsonl (kdlab/engine/logger.py): tensorboard, csv, wandb, mlflow.
+    # None = [tensorboard]; `tensorboard: false` drops tensorboard from the list (the older switch).
+    loggers: list[str] | None = None
     # Extra views: one student pass over [x, x'] (BatchNorm statistics mix both, as one batch) or separate
     # passes (the authors' code for TLCutMix/CutMixPick). Separate is the faithful default.
     concat_views: bool = False
     # The frozen teacher runs under bf16 autocast where the device supports it (CUDA with bf16); its
     # outputs are cast back to float32 before any loss. Set false to keep the teacher in float32.
     teacher_bf16: bool = True
+
+    @field_validator("loggers")
+    @classmethod
+    def _known_loggers(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            from kdlab.engine.logger import resolve_loggers
+
+            try:
+                resolve_loggers(v)
+            except KDLabError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class StageSpec(Strict):

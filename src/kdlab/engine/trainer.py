@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from kdlab.capture import Capture, probe_shapes
 from kdlab.engine import distributed as dist
 from kdlab.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
 from kdlab.engine.logger import RunLogger
+from kdlab.engine.progress import epoch_bar, epoch_line
 from kdlab.engine.metrics import classification_metrics
 from kdlab.engine.optim import build_optimizer, lr_factor
 from kdlab.errors import KDLabError
@@ -142,7 +142,7 @@ class Trainer:
         self.eval_loader = self._loader(dataset.test)
         self.stages = plan_stages(recipe)
         self.main = dist.is_main()  # rank 0 (always, in one process) evaluates and writes the run folder
-        self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard) if self.main else None
+        self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard, recipe=recipe) if self.main else None
         self._teacher_eval: torch.Tensor | None = None
         self._eval_labels: dict[int, torch.Tensor] = {}
         self._prev_objectives: nn.ModuleList | None = None
@@ -369,8 +369,7 @@ class Trainer:
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
             for k, v in {**named, **vstats}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
-            if progress is not None:
-                progress.advance(progress.task_ids[0])
+            progress.step(sums["loss"] / max(1, count))
             for cb in self.callbacks:
                 if hasattr(cb, "on_step_end"):
                     cb.on_step_end(self, {"stage": si, "epoch": epoch, "step": step, "global_epoch": g})
@@ -470,6 +469,8 @@ class Trainer:
         record["time/epoch_s"] = record["time/train_s"] + time.perf_counter() - t0
         self.wall_s += record["time/epoch_s"]
         self.logger.log(record)
+        epoch_line(f"{self.recipe.name} [{stage.name}] epoch {epoch + 1}/{stage.epochs}", record,
+                   setting=self.recipe.train.progress)
         if (epoch + 1) % self.recipe.train.checkpoint_every == 0 or epoch == stage.epochs - 1:
             save_state(self.run_dir / CHECKPOINT, {
                 "stage": si, "epoch": epoch + 1, "global_epoch": g + 1,
@@ -488,17 +489,8 @@ class Trainer:
                 cb.on_epoch_end(self, record)
 
     def _progress(self, label: str, total: int):
-        show = self.recipe.train.progress
-        if show is None:
-            show = sys.stderr.isatty()
-        if not show or not self.main:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-        p.add_task(label, total=total)
-        p.start()
-        return p
+        """The epoch's bar (engine/progress.py): running loss and last held-out top-1, on a terminal only."""
+        return epoch_bar(label, total, setting=self.recipe.train.progress, main=self.main, last=self.last)
 
     def summary(self) -> dict[str, Any]:
         if not self.main:  # only rank 0 evaluated; the others' summary is not written
