@@ -1,4 +1,4 @@
-"""The ``kdlab`` command: run | list | report | study | demo | diagnose | export | predict | eval.
+"""The ``kdlab`` command: run | list | report | study | demo | diagnose | cache | export | predict | eval | recipes.
 
 User errors (KDLabError) are printed as one line with exit status 2, never as a traceback.
 """
@@ -140,6 +140,30 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    if args.action == "info":
+        from kdlab.teachers.cached import human, read_meta
+
+        for path in args.recipe:
+            meta = read_meta(path)
+            if meta is None:
+                raise KDLabError(f"{path} is not a teacher cache (no meta.json)")
+            print(json.dumps({k: meta[k] for k in ("mode", "num_samples", "num_views", "num_classes", "dtype",
+                                                  "topk", "taps", "complete")} | {"size": human(meta["bytes"])}))
+        return 0
+    from kdlab.recipe import load_recipe
+    from kdlab.teachers.load import build_for_recipe
+
+    files, overrides = _files_and_overrides(args.recipe, "kdlab cache build needs at least one RECIPE file")
+    path = build_for_recipe(load_recipe(files, overrides), teacher=args.teacher, out=args.out,
+                            progress=args.progress)
+    print(f"teacher cache ready: {path}\nuse it with: teacher.cache.path={Path(path)} (or keep cache: auto)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from kdlab.export import export_with_message
 
@@ -228,12 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--group", type=int, default=5, help="batches per group mean (default 5)")
     dg.set_defaults(fn=cmd_diagnose)
 
+    c = sub.add_parser("cache", help="build a teacher's soft-label cache once (kdlab cache build RECIPE...), "
+                       "or show one (kdlab cache info PATH)")
+    c.add_argument("action", choices=["build", "info"])
+    c.add_argument("recipe", nargs="+", help="recipe files and key.path=value overrides (build), cache folders (info)")
+    c.add_argument("--teacher", type=int, default=0, help="which teacher of a multi-teacher recipe (default 0)")
+    c.add_argument("--out", default=None, help="cache folder (default: where `cache: auto` puts it)")
+    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    c.set_defaults(fn=cmd_cache)
     e = sub.add_parser("export", help="write a run's student (safetensors weights or ONNX) with its preprocessing")
     e.add_argument("run", help="run folder (needs neither the training data nor the training directory)")
     e.add_argument("--out", required=True, help="output file (.safetensors, .onnx)")
     e.add_argument("--weights", choices=["final", "best"], default="final")
     e.add_argument("--format", default="safetensors",
-                   help="safetensors (default) or onnx (checked against ONNX Runtime where it is installed)")
+                   help="safetensors (default), onnx (checked against ONNX Runtime where it is installed) or hf (a "
+                        "Hugging Face folder for hf_classifier students with head: hf)")
     e.set_defaults(fn=cmd_export)
 
     pr = sub.add_parser("predict", help="predict raw inputs with a run's or an export's student (its preprocessing)")
@@ -271,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         from kdlab.engine.progress import stop_bars
 
         stop_bars()
-        print(f"kdlab: error: {e}", file=sys.stderr)
+        print(f"kdlab: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever it wraps
         return 2
     except KeyboardInterrupt:  # the real resume command, no traceback, the shell's 128 + SIGINT
         from kdlab.engine.progress import interrupted_message

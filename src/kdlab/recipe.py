@@ -364,6 +364,9 @@ class TrainSpec(Strict):
     # The frozen teacher runs under bf16 autocast where the device supports it (CUDA with bf16); its
     # outputs are cast back to float32 before any loss. Set false to keep the teacher in float32.
     teacher_bf16: bool = True
+    # Losses are summed on the device and read (with the non-finite check, which names the first bad step)
+    # once per epoch (0) or every N steps: no host synchronisation inside a step.
+    sync_every: int = Field(0, ge=0)
 
     @field_validator("loggers")
     @classmethod

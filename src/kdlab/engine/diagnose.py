@@ -44,7 +44,7 @@ def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5) -> dict[str, A
             for step, (x, y, idx) in enumerate(tr.train_loader.iter_epoch(epoch)):
                 x = tr.prepare(x, gen)
                 probs = {"clean": teacher(x).logits.softmax(1).cpu()}
-                for name, view in zip(sources[1:], tr.extra_views):
+                for name, view in tr.extra_views:
                     vb = view(ViewInput(x=x, y=y, idx=idx, gen=gen, teacher=teacher, student=student, lo=tr.lo,
                                         hi=tr.hi, epoch=epoch, step=step, data=tr.train_data))
                     out = vb.teacher if vb.teacher is not None else teacher(vb.x)

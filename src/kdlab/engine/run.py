@@ -32,6 +32,7 @@ from kdlab.engine.trainer import CHECKPOINT, Trainer, load_checkpoint
 from kdlab.errors import KDLabError
 from kdlab.recipe import ModelSpec, Recipe, TeacherSpec, load_recipe
 from kdlab.teacher import Teacher
+from kdlab.teachers.load import build_teachers
 
 Existing = Literal["resume", "error", "overwrite", "skip"]
 
@@ -59,7 +60,13 @@ def build_model_for(spec: ModelSpec, dataset: Any) -> torch.nn.Module:
     from kdlab.layers import insert_layers
     from kdlab.models import build_model
 
-    model = build_model(spec.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape, **spec.kwargs)
+    try:
+        model = build_model(spec.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape, **spec.kwargs)
+    except (TypeError, ValueError, OverflowError) as e:
+        if ":" in spec.name:  # a user's own factory: its traceback is the useful report
+            raise
+        first = (str(e).splitlines() or [type(e).__name__])[0]  # torch appends C++ frames on later lines
+        raise KDLabError(f"model {spec.name!r} rejects kwargs {spec.kwargs}: {first}") from None
     if spec.weights:  # start from local weights (before inserted layers; a resumed run loads its checkpoint)
         fit_weights(model, read_weights(spec.weights), f"weights {spec.weights}")
     if spec.insert:
@@ -223,9 +230,6 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
         from kdlab.preprocess import write_for_run
 
         write_for_run(run_dir, recipe, dataset)  # what predict/eval/export need, so they never reload the data
-        from kdlab.preprocess import write_for_run
-
-        write_for_run(run_dir, recipe, dataset)  # what predict/eval/export need, so they never reload the data
         env_path = run_dir / "env.json"
         env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}
         env["runs"].append({**provenance(device), "resumed_from_epoch": resume["global_epoch"] if resume else None,
@@ -234,7 +238,7 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
 
     torch.manual_seed(recipe.seed)  # model initialisation is a function of the seed
     students = [build_model_for(s, dataset) for s in [recipe.student, *recipe.cohort]]
-    teachers = [load_teacher(t, dataset, name=f"teacher{i}") for i, t in enumerate(recipe.teachers)]
+    teachers = build_teachers(recipe, dataset, device, quiet=quiet)
     trainer = Trainer(recipe, run_dir, dataset, students, teachers, device, callbacks=callbacks)
     summary = trainer.fit(resume=resume)
     summary["run_dir"] = str(run_dir)

@@ -1,10 +1,19 @@
 """The one training loop.
 
 Every method, every stage of a multi-stage recipe and every online cohort (DML) runs through
-``Trainer.fit``: the loop only knows students, frozen teachers, views and an objective per student.
-Reproducibility: each epoch reseeds every RNG from (seed, global epoch) and the loader draws its order
-from the same pair, so a run resumed from an epoch-end checkpoint replays the same batches and ends with
-bitwise identical weights on the CPU.
+``Trainer.fit``. The pieces it drives each have their own room: ``batch.py`` makes the clean batch (augment,
+normalise, the drawn augmentation parameters and the teacher-cache view number), ``step.py`` turns a batch into
+named losses, ``evaluate.py`` computes held-out metrics, and ``kdlab.teachers`` serves teacher outputs (a live
+frozen module or a soft-label cache). The loop itself only orders them: stages, epochs, the optimiser step,
+logging and checkpoints.
+
+Reproducibility: each epoch reseeds every RNG from (seed, global epoch) and the loader draws its order from the
+same pair, so a run resumed from an epoch-end checkpoint replays the same batches and ends with bitwise
+identical weights on the CPU.
+
+No host synchronisation inside an epoch: losses and sample counts accumulate on the device and are read at the
+end of the epoch (or every ``train.sync_every`` steps), where the non-finite check also happens and names the
+first bad step.
 
 Under ``torchrun`` (``kdlab.engine.distributed``) the same loop runs on every rank: the training loader
 yields this rank's shard of the epoch order, gradients of students and connectors are averaged across ranks
@@ -14,13 +23,12 @@ checkpoints and weights are rank 0's (the others wait at a barrier). One process
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,27 +36,19 @@ from torch import nn
 
 from kdlab.capture import Capture, probe_shapes
 from kdlab.engine import distributed as dist
+from kdlab.engine.batch import Pipeline
 from kdlab.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
+from kdlab.engine.devices import AUTOCAST, memory_format_for, precision_for, teacher_autocast
+from kdlab.engine.evaluate import Evaluator
 from kdlab.engine.logger import RunLogger
 from kdlab.engine.progress import epoch_bar, epoch_line
-from kdlab.engine.metrics import classification_metrics
 from kdlab.engine.optim import build_optimizer, lr_factor
+from kdlab.engine.step import Clock, ExtraViews, distill_step
 from kdlab.errors import KDLabError
-from kdlab.methods.base import FitData, Objective, SetupInfo, StepContext
+from kdlab.methods.base import FitData, Objective, SetupInfo
 from kdlab.recipe import OptimSpec, Recipe, ScheduleSpec, TermSpec
-from kdlab.teacher import Teacher
-from kdlab.views.extra import ViewInput
 
 CHECKPOINT = "checkpoint.safetensors"
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class Callback(Protocol):
-    """Optional hooks; tests use them to interrupt a run mid-epoch."""
-
-    def on_step_end(self, trainer: "Trainer", state: dict[str, Any]) -> None: ...
-
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -95,44 +95,53 @@ def reseed(seed: int) -> None:
     random.seed(seed)
 
 
+def make_pipeline(recipe: Recipe, dataset: Any, device: torch.device) -> Pipeline:
+    """The clean-batch pipeline of a recipe on a device (augment views, normalisation, memory format)."""
+    return Pipeline([v.build() for v in recipe.data.augment], torch.tensor(dataset.mean, device=device),
+                    torch.tensor(dataset.std, device=device), tuple(dataset.input_shape),
+                    memory_format_for(recipe.train, tuple(dataset.input_shape), device))
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, dataset: Any, students: Sequence[nn.Module],
-                 teachers: Sequence[Teacher], device: torch.device, *, callbacks: Sequence[Any] = ()):
-        from kdlab.views.basic import normalize
-
+                 teachers: Sequence[Any], device: torch.device, *, callbacks: Sequence[Any] = ()):
         self.recipe, self.run_dir, self.ds, self.device = recipe, Path(run_dir), dataset, device
         self.students = nn.ModuleList(students).to(device)
         self.teachers = list(teachers)
         self.callbacks = list(callbacks)
         tr = recipe.train
-        self.autocast = AUTOCAST[tr.precision]
-        if tr.precision == "fp16" and device.type != "cuda":
-            raise KDLabError("train.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        self.scaler = torch.amp.GradScaler("cuda") if tr.precision == "fp16" else None
-        self.memory_format = torch.channels_last if tr.channels_last and len(dataset.input_shape) == 3 else None
+        precision = precision_for(tr, device)
+        self.autocast = AUTOCAST[precision]
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.pipeline = make_pipeline(recipe, dataset, device)
+        self.memory_format = self.pipeline.memory_format
         if self.memory_format is not None:
             self.students.to(memory_format=self.memory_format)
+        t_autocast = teacher_autocast(tr, device)
         for t in self.teachers:
-            t.to(device, self.memory_format)
-            if tr.teacher_bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
-                t.autocast = torch.bfloat16
+            if t.live is not None:
+                t.live.to(device, self.memory_format)
+                t.live.autocast = t_autocast
+            table = getattr(t, "table", None)
+            if table is not None:  # a cache of K stored views per sample: the loader applies those rows
+                if self.pipeline.table is not None and not torch.equal(self.pipeline.table, table):
+                    raise KDLabError("teacher caches with different stored views cannot serve one run; build them "
+                                     "with the same teacher.cache.views and seed")
+                self.pipeline.table = table.to(device)
         if tr.compile:
             for s in self.students:
                 s.compile()
-        self.views = [v.build() for v in recipe.data.augment]
-        self.extra_views = [v.build() for v in recipe.views]
-        self._normalize = normalize
-        self.mean = torch.tensor(dataset.mean, device=device)
-        self.std = torch.tensor(dataset.std, device=device)
+        self.extra_views = [(spec.name, spec.build()) for spec in recipe.views]
         # Valid inputs in normalised units (raw data lies in [0, 1] for images), for views that perturb inputs.
         shape = (1, -1) + (1,) * (len(dataset.input_shape) - 1)
-        if self.mean.numel() and dataset.train.x.is_floating_point():
+        mean, std = self.pipeline.mean, self.pipeline.std
+        if mean.numel() and dataset.train.x.is_floating_point():
             raw_lo, raw_hi = float(dataset.train.x.min()), float(dataset.train.x.max())
-            self.lo = ((raw_lo - self.mean) / self.std).reshape(shape)
-            self.hi = ((raw_hi - self.mean) / self.std).reshape(shape)
+            self.lo = ((raw_lo - mean) / std).reshape(shape)
+            self.hi = ((raw_hi - mean) / std).reshape(shape)
         else:  # text (token ids) or unnormalised data: perturbation views bound nothing
             self.lo = self.hi = None
-        self.train_data = TrainData(dataset.train, lambda raw: self.prepare(raw.to(device), None))
+        self.train_data = TrainData(dataset.train, lambda raw: self.pipeline.prepare(raw.to(device)))
         self.train_loader = self._loader(dataset.train, shuffle=True, shard=True)
         val = getattr(dataset, "val", None)
         self.val_loader = None if val is None else self._loader(val)
@@ -140,11 +149,11 @@ class Trainer:
         # otherwise on test top-1, the CRD/RepDistiller convention, reported next to the last epoch.
         self.select_by = "val/top1" if val is not None else "test/top1"
         self.eval_loader = self._loader(dataset.test)
+        self.evaluator = Evaluator(self.eval_loader, self.val_loader, lambda x: self.pipeline.prepare(x.to(device)),
+                                   self.teachers[0] if self.teachers else None, self.autocast)
         self.stages = plan_stages(recipe)
         self.main = dist.is_main()  # rank 0 (always, in one process) evaluates and writes the run folder
         self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard, recipe=recipe) if self.main else None
-        self._teacher_eval: torch.Tensor | None = None
-        self._eval_labels: dict[int, torch.Tensor] = {}
         self._prev_objectives: nn.ModuleList | None = None
         self.best: dict[str, Any] = {}
         self.last: dict[str, Any] = {}
@@ -163,21 +172,31 @@ class Trainer:
                            resident=d.resident, num_workers=d.num_workers, **extra)
 
     def prepare(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Views (train only) in raw scale, then normalisation, on the device. Token ids (integer inputs,
-        text) and datasets without mean/std pass through unnormalised."""
-        if gen is not None:
-            for view in self.views:
-                x = view(x, gen)
-        if x.is_floating_point() and self.mean.numel():
-            x = self._normalize(x, self.mean, self.std)
-        if self.memory_format is not None:
-            x = x.contiguous(memory_format=self.memory_format)
-        return x
+        """A raw batch made ready for a model: augmented (when ``gen`` is given), normalised, laid out."""
+        if gen is None:
+            return self.pipeline.prepare(x)
+        aug, _ = self.pipeline.draw(x, torch.arange(len(x), device=x.device), gen)
+        return self.pipeline.finish(self.pipeline.apply(x, aug))
 
-    def _autocast(self):
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
+    def _check_teachers(self, obj: Objective) -> None:
+        """Every need of the objective and the extra views against what the teacher sources can serve, before
+        the first step: one line naming the term or view that cannot be served."""
+        for i, t in enumerate(self.teachers):
+            for label, term in obj.terms.items():
+                if not term.needs_teacher:
+                    continue
+                missing = t.missing_taps(list(term.taps().teacher))
+                if missing:
+                    raise KDLabError(f"term {label!r} needs teacher features at {missing}, which the teacher cache "
+                                     f"{getattr(t, 'path', '')} does not store; add them to teacher.cache.taps and "
+                                     "rebuild, or drop `cache:`")
+                if getattr(term, "needs_live_teacher", False) and t.live is None:
+                    raise KDLabError(f"term {label!r} runs the teacher on new inputs, but teacher {i} is a cache "
+                                     "only; give the teacher `run:` or `model:` next to `cache:`")
+            for name, view in self.extra_views:
+                if view.p.targets == "teacher" and t.live is None:
+                    raise KDLabError(f"view {name!r} needs the teacher on new inputs, but teacher {i} is a cache "
+                                     "only; give the teacher `run:` or `model:` next to `cache:`")
 
     def _build_objectives(self, stage: Stage) -> nn.ModuleList:
         objectives = []
@@ -186,12 +205,13 @@ class Trainer:
             if obj.needs_teacher and not self.teachers:
                 need = [lbl for lbl, t in obj.terms.items() if t.needs_teacher]
                 raise KDLabError(f"objective terms {need} need a teacher: add `teacher:` to the recipe")
+            self._check_teachers(obj)
             taps = obj.taps()
             for t in self.teachers:
-                t.add_taps(list(taps.teacher))
+                if t.live is not None and t.missing_taps(list(taps.teacher)) == [] and hasattr(t, "add_taps"):
+                    t.add_taps(list(taps.teacher))
             s_shapes = probe_shapes(student, taps.student, self.ds.input_shape, self.device)
-            t_shapes = (probe_shapes(self.teachers[0].model, taps.teacher, self.ds.input_shape, self.device)
-                        if self.teachers else {})
+            t_shapes = self._teacher_shapes(list(taps.teacher))
             info = SetupInfo(num_train=len(self.ds.train), num_classes=self.ds.num_classes,
                              input_shape=tuple(self.ds.input_shape))
             obj.setup(s_shapes, t_shapes, info)
@@ -204,6 +224,18 @@ class Trainer:
             carry_over(self._prev_objectives, objectives)
         self._prev_objectives = objectives
         return objectives
+
+    def _teacher_shapes(self, taps: list[str]) -> dict[str, Any]:
+        """Per-sample shapes of the teacher's logits and taps: probed on the live model, or read from a cache."""
+        if not self.teachers:
+            return {}
+        t = self.teachers[0]
+        if t.live is not None:
+            return probe_shapes(t.live.model, taps, self.ds.input_shape, self.device)
+        meta = t.meta
+        shapes = {tap: torch.Size(meta["feature_shapes"][tap]) for tap in taps}
+        shapes["logits"] = torch.Size([meta["num_classes"]])
+        return shapes
 
     def _trainable(self, stage: Stage) -> list[nn.Parameter]:
         params = []
@@ -219,70 +251,40 @@ class Trainer:
         return nn.ModuleDict({"students": self.students, "objectives": objectives})
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def teacher_eval_logits(self) -> torch.Tensor | None:
-        if not self.teachers:
-            return None
-        if self._teacher_eval is None:  # the teacher is frozen: its held-out logits are computed once
-            outs = [self.teachers[0](self.prepare(x, None)).logits.cpu() for x, _, _ in self.eval_loader.iter_epoch(0)]
-            self._teacher_eval = torch.cat(outs)
-        return self._teacher_eval
-
-    @torch.no_grad()
-    def _logits(self, model: nn.Module, loader: Any) -> torch.Tensor:
-        was = model.training
-        model.eval()
-        with self._autocast():
-            out = torch.cat([model(self.prepare(x, None)).float().cpu() for x, _, _ in loader.iter_epoch(0)])
-        model.train(was)
-        return out
-
-    def _labels(self, loader: Any) -> torch.Tensor:
-        """An evaluation split's labels in loader order (fixed), gathered once."""
-        if id(loader) not in self._eval_labels:
-            self._eval_labels[id(loader)] = torch.cat([y.cpu() for _, y, _ in loader.iter_epoch(0)])
-        return self._eval_labels[id(loader)]
-
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics of every student on the test split, and on the validation split when the
         recipe carves one (``data.val_fraction``): then the best epoch is chosen on validation, not test."""
-        t_logits = self.teacher_eval_logits()
-        out: dict[str, float] = {}
-        ys = self._labels(self.eval_loader)
-        for k, student in enumerate(self.students):
-            m = classification_metrics(self._logits(student, self.eval_loader), ys, t_logits)
-            if k == 0:
-                out.update(m)
-            else:
-                out[f"cohort{k}/test/top1"] = m["test/top1"]
-        if self.val_loader is not None:
-            yv = self._labels(self.val_loader)
-            out.update(classification_metrics(self._logits(self.students[0], self.val_loader), yv, prefix="val/"))
-        return out
+        return self.evaluator(self.students)
+
+    def teacher_eval_logits(self) -> torch.Tensor | None:
+        return self.evaluator.teacher_logits()
 
     @torch.no_grad()
     def teacher_features(self, taps: list[str]) -> dict[str, torch.Tensor]:
         """The first teacher's features at ``taps`` over the training split, in order, without augmentation."""
         if not self.teachers:
             raise KDLabError("this term fits to a teacher, but the recipe has none")
-        teacher = self.teachers[0]
+        teacher = self.teachers[0].live
+        if teacher is None:
+            raise KDLabError("a term fits to the teacher's features over the training split (letKD templates), but "
+                             "the teacher is a cache only; give the teacher `run:` or `model:` next to `cache:`")
         teacher.add_taps(list(taps))
         loader = self._loader(self.ds.train)
         seen = teacher.samples_seen
         chunks: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
         for x, _, _ in loader.iter_epoch(0):
-            out = teacher(self.prepare(x, None))
+            out = teacher(self.pipeline.prepare(x))
             for t in taps:
                 chunks[t].append(out.feats[t].cpu())
         teacher.samples_seen = seen  # a one-off preparation pass, not a per-step training cost
         return {t: torch.cat(v) for t, v in chunks.items()}
 
     def teacher_metrics(self) -> dict[str, float]:
-        t_logits = self.teacher_eval_logits()
-        if t_logits is None:
-            return {}
-        return classification_metrics(t_logits, self._labels(self.eval_loader))
+        return self.evaluator.teacher_metrics()
+
+    def _teacher_passes(self) -> int:
+        live = self.teachers[0].live if self.teachers else None
+        return live.samples_seen if live is not None else 0
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -332,22 +334,23 @@ class Trainer:
         self.students.train()
         objectives.train()
         steps = len(self.train_loader)
-        sums: dict[str, float] = {}
-        count = 0
+        acc = _DeviceSums(self.device)
         t0 = time.perf_counter()
         lr0 = stage.optim.lr
-        seen0 = self.teachers[0].samples_seen if self.teachers else 0
+        seen0 = self._teacher_passes()
         params = [p for group in opt.param_groups for p in group["params"]]  # what the step updates
+        extra = ExtraViews(self.extra_views, gen, self.lo, self.hi, self.train_data)
+        sync_every = self.recipe.train.sync_every or steps
         progress = self._progress(f"{self.recipe.name} [{stage.name}] epoch {epoch + 1}/{stage.epochs}", steps)
         for step, (x, y, idx) in enumerate(self.train_loader.iter_epoch(g)):
             factor = lr_factor(stage.schedule, epoch, step, steps)
             for group in opt.param_groups:
                 group["lr"] = lr0 * factor
-            x = self.prepare(x, gen)
-            total, named, vstats = self._step_loss(x, y, idx, gen, objectives, captures, stage, epoch, step, steps)
-            if not torch.isfinite(total):
-                raise KDLabError(f"non-finite loss at stage {stage.name!r} epoch {epoch + 1} step {step}: "
-                                 f"{ {k: float(v) for k, v in named.items()} }")
+            batch = self.pipeline(x, y, idx, gen)
+            res = distill_step(batch, self.students, objectives, self.teachers, captures=captures, extra=extra,
+                               concat_views=self.recipe.train.concat_views, autocast=self.autocast,
+                               clock=Clock(epoch, stage.epochs, step, steps))
+            total = res.total
             opt.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(total).backward()
@@ -364,17 +367,16 @@ class Trainer:
                 self.scaler.update()
             else:
                 opt.step()
-            n = len(y)
-            count += n
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * n
-            for k, v in {**named, **vstats}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-            progress.step(sums["loss"] / max(1, count))
+            acc.add(step, len(y), total, {**res.named, **res.stats})
+            if (step + 1) % sync_every == 0 or step == steps - 1:
+                acc.check(f"stage {stage.name!r} epoch {epoch + 1}", step)
+            progress.step(lambda: float(acc.sums["loss"]) / max(1, acc.count))  # read only when a bar shows it
             for cb in self.callbacks:
                 if hasattr(cb, "on_step_end"):
                     cb.on_step_end(self, {"stage": si, "epoch": epoch, "step": step, "global_epoch": g})
         if progress is not None:
             progress.stop()
+        sums, count = acc.read()
         if dist.world() > 1:  # log the mean over all ranks' samples (every rank has the same keys)
             keys = sorted(sums)
             tot = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64,
@@ -383,68 +385,10 @@ class Trainer:
         record: dict[str, Any] = {"epoch": epoch + 1, "global_epoch": g + 1, "stage": stage.name,
                                   "lr": lr0 * lr_factor(stage.schedule, epoch, 0, steps)}
         record.update({(k if k.startswith("view/") else f"train/{k}"): v / max(1, count) for k, v in sums.items()})
-        if self.teachers:  # teacher samples per clean sample: 1 for plain KD, m + 1 for CutMixPick
-            record["cost/teacher_passes"] = (self.teachers[0].samples_seen - seen0) / max(1, count)
+        if self.teachers:  # live teacher samples per clean sample: 1 for plain KD, m + 1 for CutMixPick, 0 cached
+            record["cost/teacher_passes"] = (self._teacher_passes() - seen0) / max(1, count)
         record["time/train_s"] = time.perf_counter() - t0
         return record
-
-    def _step_loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, gen: torch.Generator,
-                   objectives: nn.ModuleList, captures: list[Capture], stage: Stage, epoch: int, step: int,
-                   steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
-        """The objective over the clean batch and every extra view, summed over cohort students.
-
-        Returns (total loss, named losses of student 0 — view losses prefixed ``<view>/`` —, view stats).
-        """
-        include_clean = not any(v.p.mode == "replace" for v in self.extra_views)
-        batches: list[tuple[str, Any, float, str]] = []  # (name, ViewBatch | None, weight, targets)
-        if include_clean:
-            batches.append(("clean", None, 1.0, "all"))
-        vstats: dict[str, float] = {}
-        for spec, view in zip(self.recipe.views, self.extra_views):
-            vb = view(ViewInput(x=x, y=y, idx=idx, gen=gen, teacher=self.teachers[0] if self.teachers else None,
-                                student=self.students[0], lo=self.lo, hi=self.hi, epoch=epoch, step=step,
-                                data=self.train_data))
-            batches.append((spec.name, vb, view.p.weight, view.p.targets))
-            vstats.update({f"view/{spec.name}/{k}": v for k, v in vb.stats.items()})
-        inputs = [x if vb is None else vb.x for _, vb, _, _ in batches]
-        t_outs = []
-        for j, (name, vb, _, targets) in enumerate(batches):
-            if not self.teachers or targets == "labels":
-                t_outs.append([])
-            elif vb is not None and vb.teacher is not None:  # the view already ran the first teacher on x'
-                t_outs.append([vb.teacher] + [t(vb.x) for t in self.teachers[1:]])
-            else:
-                t_outs.append([t(inputs[j]) for t in self.teachers])
-        total = x.new_zeros((), dtype=torch.float32)
-        named: dict[str, torch.Tensor] = {}
-        with self._autocast():
-            per_student = [self._student_passes(s, captures[k], inputs) for k, s in enumerate(self.students)]
-            for k in range(len(self.students)):
-                for j, (name, vb, weight, targets) in enumerate(batches):
-                    logits, feats = per_student[k][j]
-                    ctx = StepContext(
-                        x=inputs[j], y=y if vb is None else vb.y, idx=idx if vb is None else vb.idx,
-                        s_logits=logits, s_feats=feats, teachers=t_outs[j],
-                        peers=[per_student[o][j][0].detach() for o in range(len(self.students)) if o != k],
-                        student=self.students[k], teacher_models=self.teachers, view=name,
-                        labels=vb is None, y_mix=None if vb is None else vb.y_mix,
-                        epoch=epoch, epochs=stage.epochs, step=step, steps_per_epoch=steps)
-                    loss, parts = objectives[k](ctx, targets=targets)
-                    total = total + weight * loss
-                    if k == 0:
-                        named.update(parts if name == "clean" else {f"{name}/{n}": v for n, v in parts.items()})
-        return total, named, vstats
-
-    def _student_passes(self, student: nn.Module, capture: Capture, inputs: list[torch.Tensor]):
-        """(logits, feats) per input: one concatenated pass (BatchNorm sees all views as one batch) or one
-        pass per input, as ``train.concat_views`` says."""
-        if len(inputs) == 1 or not self.recipe.train.concat_views:
-            return [(student(inp), capture.pop()) for inp in inputs]
-        sizes = [len(inp) for inp in inputs]
-        logits = student(torch.cat(inputs))
-        feats = capture.pop()
-        split_feats = {k: v.split(sizes) for k, v in feats.items()}
-        return [(lg, {k: v[j] for k, v in split_feats.items()}) for j, lg in enumerate(logits.split(sizes))]
 
     def _after_epoch(self, stage: Stage, si: int, epoch: int, g: int, record: dict[str, Any],
                      objectives: nn.ModuleList, opt: torch.optim.Optimizer) -> None:
@@ -514,3 +458,36 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CHECKPOINT
     return load_state(path) if path.exists() else None
 
+
+class _DeviceSums:
+    """Per-epoch sums of the logged losses, kept on the device (no host sync per step) in float64 where the
+    device has it, and the first step whose total loss was not finite."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.dtype = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
+        self.sums: dict[str, Any] = {}
+        self.count = 0
+        self.bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.checked = 0
+
+    def add(self, step: int, n: int, total: torch.Tensor, named: dict[str, Any]) -> None:
+        self.count += n
+        t = total.detach()
+        self.bad = torch.where((self.bad < 0) & ~torch.isfinite(t), torch.full_like(self.bad, step), self.bad)
+        for k, v in (("loss", t), *named.items()):
+            v = v.detach().to(self.dtype) * n if isinstance(v, torch.Tensor) else float(v) * n
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+
+    def check(self, where: str, step: int) -> None:
+        """Read the first non-finite step (one host sync) and raise naming it and the non-finite losses."""
+        bad = int(self.bad)
+        if bad >= 0:
+            nonfinite = [k for k, v in self.sums.items() if not np.isfinite(float(v))]
+            raise KDLabError(f"non-finite loss at {where} step {bad} (checked over steps {self.checked}-{step}); "
+                             f"non-finite: {', '.join(nonfinite) or 'total'}; lower the learning rate or set "
+                             "train.grad_clip")
+        self.checked = step + 1
+
+    def read(self) -> tuple[dict[str, float], int]:
+        return {k: float(v) for k, v in self.sums.items()}, self.count

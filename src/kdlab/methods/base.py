@@ -102,6 +102,8 @@ class Term(nn.Module):
     Params: ClassVar[type[TermParams]] = TermParams
     needs_teacher: ClassVar[bool] = True
     label_term: ClassVar[bool] = False  # True for terms fitting hard labels: they alone see label-mixed views
+    # True for terms that run the teacher on new inputs (BSS's attacks): a cache-only teacher cannot serve them
+    needs_live_teacher: ClassVar[bool] = False
 
     def __init__(self, params: TermParams | None = None):
         super().__init__()

@@ -143,6 +143,7 @@ class BSS(Term):
     """λ_BSS(progress) · KD_τ(x_adv); returns a finite 0 when there is no base sample or λ_BSS = 0."""
 
     Params = BSSParams
+    needs_live_teacher = True  # the attack runs the teacher on new inputs
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         p = self.p

@@ -8,7 +8,8 @@ Every view is a small class registered in ``kdlab.registry.VIEWS``::
 Randomness comes only from ``gen`` (which may live on the CPU while ``x`` is on the GPU: numbers are drawn on
 the generator's device and moved). A call is split in two public steps, ``draw(x, gen)`` → per-sample int64
 parameters (N×k) and ``apply(x, params)``, so a cache can key teacher outputs by (sample, view parameters).
-Nothing loops over samples in Python. Views run before ``normalize``, so padding is black, as in the
+Nothing loops over samples in Python. ``radices(sample_shape)`` lists how many values each parameter column
+can take, so the teacher cache can enumerate every view of a sample (``kdlab.engine.batch``). Views run before ``normalize``, so padding is black, as in the
 CIFAR literature.
 """
 
@@ -112,6 +113,10 @@ class Crop(View):
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         return random_crop(x, params, self.params.padding)
 
+    def radices(self, sample_shape: tuple[int, ...]) -> list[int]:
+        """Values each parameter column can take (one offset per spatial dim): the cache enumerates them."""
+        return [2 * self.params.padding + 1] * (len(sample_shape) - 1)
+
 
 @VIEWS.register("flip", description="horizontal flip with probability p per sample")
 class Flip(View):
@@ -127,6 +132,9 @@ class Flip(View):
 
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         return random_flip(x, params[:, 0])
+
+    def radices(self, sample_shape: tuple[int, ...]) -> list[int]:
+        return [2]
 
 
 @VIEWS.register("crop_flip", description="random crop (zero padding) then horizontal flip: the CIFAR standard")
@@ -149,6 +157,9 @@ class CropFlip(View):
 
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         return self.flip.apply(self.crop.apply(x, params[:, :-1]), params[:, -1:])
+
+    def radices(self, sample_shape: tuple[int, ...]) -> list[int]:
+        return self.crop.radices(sample_shape) + self.flip.radices(sample_shape)
 
 
 def normalize(
