@@ -9,6 +9,7 @@ once, sequentially (gzip allows nothing else), into memory as encoded bytes; dec
 from __future__ import annotations
 
 import tarfile
+import zlib
 from pathlib import Path
 
 from kdlab.errors import KDLabError
@@ -35,7 +36,7 @@ def read_archives(archives: list[Path], extensions: tuple[str, ...]) -> dict[str
     out: dict[str, dict[str, list[tuple[str, bytes]]]] = {}
     for path in archives:
         try:
-            with tarfile.open(path, "r:*") as tar:
+            with tarfile.open(path, "r|*") as tar:  # one sequential pass: no seeking in gzip
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -48,7 +49,7 @@ def read_archives(archives: list[Path], extensions: tuple[str, ...]) -> dict[str
                     if fh is None:
                         continue
                     out.setdefault(parts[-3], {}).setdefault(parts[-2], []).append((member.name, fh.read()))
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise KDLabError(f"cannot read the archive {path}: {e} (is it a complete .tar/.tar.gz file?)") from None
     for classes in out.values():
         for files in classes.values():
