@@ -58,6 +58,7 @@ def describe(recipe: Any, dataset: Any) -> dict[str, Any]:
         "version": VERSION,
         "dataset": recipe.data.name,
         "student": recipe.student.model_dump(mode="json"),
+        "plugins": list(getattr(recipe, "plugins", [])),  # modules that register the student's names
         "num_classes": int(dataset.num_classes),
         "classes": [str(c) for c in dataset.classes] or [str(i) for i in range(dataset.num_classes)],
         "input_shape": shape,
@@ -114,7 +115,9 @@ def build_student(record: dict[str, Any]) -> Any:
     from kdlab.layers import insert_layers
     from kdlab.models import build_model
     from kdlab.recipe import ModelSpec
+    from kdlab.registry import import_plugins
 
+    import_plugins(record.get("plugins"))  # a plugin-registered student name resolves only after its import
     spec = ModelSpec.model_validate(record["student"])
     shape, classes = tuple(record["input_shape"]), int(record["num_classes"])
     model = build_model(spec.name, num_classes=classes, input_shape=shape, **spec.kwargs)
