@@ -14,7 +14,7 @@ from kdlab.errors import KDLabError
 from kdlab.registry import DATASETS
 
 
-def build_dataset(name: str, **kwargs: Any) -> Dataset:
+def build_dataset(name: str, /, **kwargs: Any) -> Dataset:
     """``DATASETS.get(name)(**kwargs)``; unknown or missing keyword arguments become a one-line KDLabError."""
     fn = DATASETS.get(name)
     try:
