@@ -152,6 +152,7 @@ def test_list_datasets_shows_every_builders_options(capsys):
     out = capsys.readouterr().out
     row = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| `")}
     assert "`test_fraction=None`" in row["`arrays`"] and "`mean='auto'`" in row["`arrays`"]
+    assert "`num_classes=None`" in row["`arrays`"]
     assert "`train_subset=None`" in row["`digits`"]
     assert main(["list", "datasets"]) == 0
     assert "options" in capsys.readouterr().out

@@ -154,9 +154,8 @@ def options(obj: Any) -> list[str]:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return []
-    skip = {"num_classes", "input_shape", "self"}
     return [p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in sig.parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 # Modules whose import registers the built-in entries. Imported lazily so `import kdlab.registry` is cheap
