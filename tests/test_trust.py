@@ -220,3 +220,36 @@ def test_stale_tmp_removed_and_a_run_killed_before_its_recipe_resumes(tmp_path, 
     assert not stale.exists()
     monkeypatch.setattr(run_mod, "build_data", real)
     assert resume_run(run, quiet=True)["status"] == "finished"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_disk_errors_mid_run_are_one_line(tmp_path, capsys, monkeypatch, code):
+    """A full disk or a read-only folder while training (e.g. appending metrics.jsonl) ends in one line that
+    says the checkpoint is intact and how to resume."""
+    import kdlab.engine
+
+    def fails(*a, **k):
+        raise OSError(code, os.strerror(code), str(tmp_path / "runs" / "metrics.jsonl"))
+
+    monkeypatch.setattr(kdlab.engine, "run_recipe", fails)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(json.dumps(TINY))
+    err = one_line_error(capsys, ["run", "r.yaml"])
+    assert os.strerror(code) in err and "metrics.jsonl" in err and "--resume" in err
+
+
+def test_read_only_out_is_one_line(tmp_path, capsys, monkeypatch):
+    import kdlab.engine.lock as lock
+
+    real = lock.Path.mkdir
+
+    def read_only(self, *a, **k):
+        if "ro" in self.parts:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(lock.Path, "mkdir", read_only)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(json.dumps(TINY))
+    err = one_line_error(capsys, ["run", "r.yaml", "--out", str(tmp_path / "ro" / "runs")])
+    assert "(Read-only file system); choose a writable --out" in err

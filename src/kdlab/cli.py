@@ -6,10 +6,13 @@ User errors (KDLabError) are printed as one line with exit status 2, never as a 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
 from kdlab.errors import KDLabError
+
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _seeds(text: str) -> list[int]:
@@ -306,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
 
         stop_bars()
         print(f"kdlab: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever it wraps
+        return 2
+    except OSError as e:  # a full disk or read-only folder mid-run: checkpoints are written atomically, so say so
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"kdlab: error: cannot write {e.filename or 'a run file'}: {e.strerror}; the last epoch checkpoint is "
+              "intact: free space or fix permissions, then `kdlab run --resume RUN_DIR`", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the real resume command, no traceback, the shell's 128 + SIGINT
         from kdlab.engine.progress import interrupted_message

@@ -137,7 +137,7 @@ def folder_lock(folder: str | Path, *, wait: bool = False, what: str = "run fold
             if not wait:
                 raise KDLabError(f"{what} {folder} is in use by {describe(holder(folder))}; {hint}")
             time.sleep(POLL_S)
-    except PermissionError as e:
+    except OSError as e:  # read-only or foreign folder
         raise KDLabError(f"{what} {folder}: cannot create its lock file {path} ({e.strerror}); "
                          "choose a writable --out") from None
     _HELD[key] = (1, fd)
