@@ -443,7 +443,8 @@ def _execute(recipe: dict[str, Any], run_dir: str, meta: dict[str, Any]) -> dict
     """Train (or return, if finished) one planned run. Module level so spawned workers can unpickle it."""
     was_finished = _finished(run_dir)
     t0 = time.time()
-    summary = run_recipe(load_recipe(recipe), run_dir=run_dir, existing="resume", quiet=True)
+    # wait=True: a run (or shared teacher) that another study process is training is waited for, then reused
+    summary = run_recipe(load_recipe(recipe), run_dir=run_dir, existing="resume", quiet=True, wait=True)
     _write_meta(meta)
     return {"run_dir": run_dir, "trained": not was_finished, "summary": summary, "wall_s": time.time() - t0}
 
