@@ -243,3 +243,21 @@ def test_parallel_workers_match_sequential(tmp_path):
         b = json.loads((tmp_path / "par" / "solo" / f"seed{seed}" / "summary.json").read_text())
         assert a["final"]["test/top1"] == pytest.approx(b["final"]["test/top1"], abs=1e-6)
     assert (tmp_path / "par" / "report" / "report.md").is_file()
+
+
+def test_a_cached_study_builds_each_cells_cache_once_and_trains_the_same(tmp_path):
+    """teacher.cache=auto: one cache per teacher and grid cell, built before the students; noise changes only
+    labels, so both cells of a shared teacher read one cache; the students match the live study (fp32)."""
+    live = run_study(small_study(tmp_path / "live", seeds=[0]), quiet=True)
+    cached = run_study(small_study(tmp_path / "cached", seeds=[0],
+                                   overrides=FAST + NOISY + ["teacher.cache={dtype: fp32}"]), quiet=True)
+    caches = sorted(p.parent for p in (tmp_path / "cached" / "teachers").glob("*/seed0/cache/*/meta.json"))
+    assert len(caches) == 2  # one per teacher (the two noise cells train different teachers)
+    for cell in ("0.0", "0.4"):
+        kd = tmp_path / "cached" / f"noise-{cell}" / "kd" / "seed0"
+        rec = json.loads((kd / "metrics.jsonl").read_text().splitlines()[-1])
+        assert rec["cost/teacher_passes"] == 0.0
+        a = json.loads((tmp_path / "live" / f"noise-{cell}" / "kd" / "seed0" / "summary.json").read_text())
+        b = json.loads((kd / "summary.json").read_text())
+        assert a["final"]["test/top1"] == pytest.approx(b["final"]["test/top1"], abs=0.01)
+    assert cached["cache_s"] > 0 and "cache_s" in live

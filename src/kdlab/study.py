@@ -371,7 +371,8 @@ def plan_study(study: Study, *, out: str | Path | None = None, validate: bool = 
                 if uses_teacher:
                     assert study.teacher is not None and teacher_base is not None
                     tseed = seed if study.teacher.per_seed else study.teacher.seed
-                    t = _apply(copy.deepcopy(teacher_base), study.overrides, f"teacher of {where}: study overrides")
+                    t = _apply(copy.deepcopy(teacher_base), _for_run(study.overrides, teacher_base),
+                               f"teacher of {where}: study overrides")  # teacher.* are for the students
                     for val in values:
                         t = _apply(t, val.all + val.teacher, f"teacher of {where}")
                     if study.teacher.same_data:
@@ -510,6 +511,37 @@ def _run_phase(runs: list[PlannedRun], workers: int | None, log: Callable[[str],
             raise
 
 
+def _cache_phase(students: list[PlannedRun], log: Callable[[str], None], failed: dict[str, str]) -> float:
+    """Build every teacher cache the student runs will read (``teacher.cache: auto``), once per teacher and
+    grid cell, before the students start: workers then only read it. Returns the seconds spent."""
+    from kdlab.teachers.load import build_for_recipe, objective_teacher_taps
+
+    t0 = time.time()
+    seen: set[str] = set()
+    for r in students:
+        t = r.recipe.get("teacher")
+        if not isinstance(t, dict) or t.get("cache") is None or r.teacher_dir in failed:
+            continue
+        recipe = load_recipe(r.recipe)
+        spec = recipe.teachers[0]
+        assert spec.cache is not None
+        if spec.cache.path != "auto" or any(tap not in spec.cache.taps for tap in objective_teacher_taps(recipe)):
+            continue  # an explicit cache is the user's; feature terms without stored taps use the live teacher
+        key = json.dumps([r.teacher_dir, r.recipe.get("data"), spec.cache.model_dump(), recipe.train.device],
+                         sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            path = build_for_recipe(recipe, progress=False)
+        except KDLabError as e:
+            failed[r.run_dir] = f"teacher cache: {e}"
+            log(f"FAILED teacher cache for {_describe(r)}: {e}")
+            continue
+        log(f"teacher cache for {r.cell_label or 'all cells'} ready: {path}")
+    return time.time() - t0
+
+
 def run_study(
     path: str | Path | dict[str, Any],
     workers: int | None = None,
@@ -553,6 +585,7 @@ def run_study(
     counter = [0]
     total = len(runs)
     _run_phase(teachers, workers, log, done, failed, counter, total)
+    result["cache_s"] = _cache_phase(students, log, failed)
     _run_phase(students, workers, log, done, failed, counter, total)
     result.update(trained=sum(r["trained"] for r in done.values()),
                   reused=sum(not r["trained"] for r in done.values()), failed=dict(failed))
