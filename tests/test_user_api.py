@@ -23,7 +23,7 @@ def _mlp(hidden, seed):
     return nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, 3))
 
 
-def test_distill_trains_the_given_student_through_a_run_folder(tmp_path):
+def test_distill_trains_the_given_student_through_a_run_folder(tmp_path, capsys):
     teacher, student = _mlp(32, 0), _mlp(8, 1)
     train, (xt, yt) = _data(240, 0), _data(120, 1)
     before = [p.detach().clone() for p in student.parameters()]
@@ -44,6 +44,14 @@ def test_distill_trains_the_given_student_through_a_run_folder(tmp_path):
                                     out=str(tmp_path), optim={"lr": 0.1}, **{"train.tensorboard": False})
     assert summary2["final"] == summary["final"]
     assert all(torch.equal(a, b) for a, b in zip(again.parameters(), student.parameters()))
+    from kdlab.cli import main
+    from kdlab.registry import DATASETS
+
+    DATASETS._entries.pop(saved["data"]["name"])  # as in a new process: the CLI cannot rebuild in-memory data
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run)]) == 2
+    assert "resume from Python" in capsys.readouterr().err
+    DATASETS.add(saved["data"]["name"], lambda: None, replace=True)
     with pytest.raises(KDLabError, match="holds another run"):  # other data never reuses that run
         kdlab.distill(teacher, _mlp(8, 1), train=_data(240, 7), test=(xt, yt), method="kd", epochs=2,
                       out=str(tmp_path), optim={"lr": 0.1}, **{"train.tensorboard": False})

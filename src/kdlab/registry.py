@@ -62,6 +62,9 @@ class Registry(Generic[T]):
             if name not in self._imported:
                 self._imported[name] = self._import(name)
             return self._imported[name]
+        if isinstance(name, str) and name.startswith("inmemory."):
+            raise KDLabError(f"{self.kind} {name!r} was given to kdlab.distill in another Python process; such runs "
+                             "resume from Python (call kdlab.distill again with the same arguments), not from a recipe")
         raise unknown_name(self.kind, name, self._entries)
 
     def _import(self, spec: str) -> Entry[T]:
