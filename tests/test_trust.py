@@ -60,6 +60,7 @@ def test_bad_recipe_files_are_one_line(tmp_path, capsys, monkeypatch, name, cont
 @pytest.mark.parametrize("override, message", [
     ("objective={kd: 0.5}", "[kd] expected a mapping of parameters"),
     ("seed=1e20", "seed:"),
+    ("seed=100000000000000000000", "seed:"),
     ("student.kwargs.num_classes=3", "student.kwargs: num_classes: set from the dataset"),
     ("objective={ce: {weight: -1}}", "[ce] weight: must be a finite number >= 0"),
     ("optim.momentum=5", "optim.momentum:"),
@@ -196,9 +197,14 @@ def test_run_files_honour_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         ckpt.atomic_write(tmp_path / "a.json", lambda tmp: open(tmp, "w").write("{}"))
+        ckpt.save_weights(tmp_path / "w.safetensors", {"w": torch.zeros(2)})
+        os.umask(0o077)
+        ckpt.save_state(tmp_path / "private.safetensors", {"step": 1})
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.safetensors").stat().st_mode) == 0o600
 
 
 def test_stale_tmp_removed_and_a_run_killed_before_its_recipe_resumes(tmp_path, monkeypatch):

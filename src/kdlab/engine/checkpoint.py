@@ -86,8 +86,8 @@ def atomic_write(path: str | Path, write) -> None:
         raise KDLabError(f"cannot write {path}: {e.strerror}; choose a writable --out (nothing was changed)") from None
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # after: a writer may replace the file (safetensors does)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
