@@ -232,7 +232,7 @@ def load_study(source: str | Path | dict[str, Any] | Study, *, root: str | Path 
         if not path.is_file():
             raise KDLabError(f"study file not found: {path}")
         text = path.read_text()
-        import tomllib
+        from kdlab.recipe import tomllib  # tomli on Python 3.10
 
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
         if not isinstance(data, dict):
