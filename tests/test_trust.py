@@ -259,3 +259,18 @@ def test_read_only_out_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "r.yaml").write_text(json.dumps(TINY))
     err = one_line_error(capsys, ["run", "r.yaml", "--out", str(tmp_path / "ro" / "runs")])
     assert "(Read-only file system); choose a writable --out" in err
+
+
+def test_broken_run_folder_recipe_and_teacher_weights_say_how_to_restart(tmp_path):
+    r = tiny(tmp_path)
+    run_recipe(r, quiet=True)
+    run = r.run_dir()
+    data = (run / "student.safetensors").read_bytes()
+    (run / "student.safetensors").write_bytes(data[:100])
+    student = tiny(tmp_path, name="student", teacher={"run": str(run)}, objective={"kd": {}})
+    with pytest.raises(KDLabError, match=r"teacher run .*student.safetensors is corrupt or truncated.*--force` "
+                                         "retrains it"):
+        run_recipe(student, quiet=True)
+    (run / "recipe.yaml").write_text("name: [tiny\n")
+    with pytest.raises(KDLabError, match=r"recipe.yaml: YAML syntax error at line 2.*`--force` restarts the run"):
+        run_recipe(r, quiet=True)

@@ -90,7 +90,10 @@ def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quie
         trec = load_recipe(run / "recipe.yaml")
         model = build_model_for(trec.student, dataset)
         path = run / ("best.safetensors" if spec.weights == "best" else "student.safetensors")
-        fit_weights(model, read_weights(path), path)  # one-line errors: truncated, pickled, wrong width
+        try:  # one-line errors: truncated, pickled, wrong width
+            fit_weights(model, read_weights(path), path)
+        except KDLabError as e:
+            raise KDLabError(f"teacher run {run}: {e}; `kdlab run <its recipe> --force` retrains it") from None
     else:
         assert spec.model is not None
         model = build_model_for(spec.model, dataset)
@@ -202,7 +205,7 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
             wipe = True
         elif existing == "error":
             raise KDLabError(f"run folder {run_dir} exists; resume it with `kdlab run --resume {run_dir}` or pass --force")
-        elif saved.exists() and load_recipe(saved).to_dict() != recipe.to_dict():
+        elif saved.exists() and _saved_recipe(saved) != recipe.to_dict():
             if (run_dir / CHECKPOINT).exists():
                 raise KDLabError(f"run folder {run_dir} holds a different recipe; choose another `out`/`name` "
                                  "or pass --force")
@@ -252,6 +255,13 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
         print(f"{recipe.name} seed {recipe.seed}: top-1 last {100 * f.get('test/top1', float('nan')):.2f} "
               f"best {100 * b.get('test/top1', float('nan')):.2f} ({summary['wall_s']:.1f} s) -> {run_dir}")
     return summary
+
+
+def _saved_recipe(path: Path) -> dict[str, Any]:
+    try:
+        return load_recipe(path).to_dict()
+    except KDLabError as e:
+        raise KDLabError(f"{e}; the run folder's saved recipe is unreadable: `--force` restarts the run") from None
 
 
 def resume_run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
