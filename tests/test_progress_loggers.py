@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kdlab.engine import run_recipe
-from kdlab.engine.progress import EpochBar, format_epoch
+from kdlab.engine.progress import EpochBar, format_epoch, silenced
 from kdlab.errors import KDLabError
 from kdlab.recipe import load_recipe
 
@@ -44,12 +44,14 @@ def test_without_a_terminal_each_epoch_prints_one_line_and_ctrl_c_prints_the_res
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("kdlab: interrupted; continue with: kdlab run --resume runs/ce/seed0")
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("kdlab: interrupted; continue with: kdlab run --resume runs/ce/seed0")
     lines = [ln for ln in err.splitlines() if ln.startswith("ce [main] epoch ")]
     recs = _records(tmp_path / "runs" / "ce" / "seed0")
     assert len(lines) >= 2 and len(lines) in (len(recs), len(recs) - 1)  # flushed as each epoch ends
     assert lines[0] == format_epoch("ce [main] epoch 1/100", recs[0])
-    assert f"test top-1 {100 * recs[0]['test/top1']:.2f}%" in lines[0] and f"loss {recs[0]['train/loss']:.4f}" in lines[0]
+    assert f"test top-1 {100 * recs[0]['test/top1']:.2f}%" in lines[0]
+    assert f"loss {recs[0]['train/loss']:.4f}" in lines[0]
 
 
 def test_the_bar_shows_the_running_loss_and_the_last_held_out_top1():
@@ -70,11 +72,14 @@ def test_the_bar_shows_the_running_loss_and_the_last_held_out_top1():
     assert len(reads) == 2
 
 
-def test_progress_false_prints_nothing(tmp_path, capsys):
+def test_progress_false_and_study_runs_print_nothing(tmp_path, capsys):
     run_recipe(_recipe(tmp_path / "a", progress=False, tensorboard=False), quiet=True)
     assert capsys.readouterr().err == ""
     run_recipe(_recipe(tmp_path / "b", epochs=3, tensorboard=False), quiet=True)
     assert capsys.readouterr().err.count("ce [main] epoch ") == 3
+    with silenced():  # what study workers do
+        run_recipe(_recipe(tmp_path / "c", tensorboard=False), quiet=True)
+    assert capsys.readouterr().err == ""
 
 
 def test_loggers_csv_and_the_tensorboard_switch(tmp_path):

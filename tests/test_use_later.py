@@ -1,4 +1,6 @@
-"""Using a run later: preprocess.json, export without the data, predict on raw inputs, eval, ONNX."""
+"""Using a run later: preprocess.json, export without the data, predict on raw inputs, eval, ONNX.
+
+Accuracies are compared with abs=1e-6: kdlab stores float32 means, and one sample is 1/500 or 1/12."""
 
 import csv
 import json
@@ -39,7 +41,8 @@ def trained(tmp_path_factory):
              test_y=ds.test.y.numpy())
     recipe = load_recipe({"name": "ce", "data": {"name": "_test_npz", "kwargs": {"path": str(data)}, "batch_size": 128},
                           "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
-                          "schedule": {"epochs": 2, "milestones": []}, "train": {"tensorboard": False, "progress": False}})
+                          "schedule": {"epochs": 2, "milestones": []},
+                          "train": {"tensorboard": False, "progress": False}})
     run = root / "run"
     summary = run_recipe(recipe, run_dir=run, quiet=True)
     np.savez(root / "test.npz", x=ds.test.x.numpy(), y=ds.test.y.numpy())
@@ -70,11 +73,12 @@ def test_preprocess_json_records_what_the_student_needs(trained):
 
 def test_predict_on_raw_inputs_gives_the_runs_test_accuracy(trained, tmp_path, capsys):
     out = tmp_path / "pred.csv"
-    assert main(["predict", str(trained["run"]), str(trained["root"] / "test.npz"), "--out", str(out), "--top-k", "3"]) == 0
+    test_npz = str(trained["root"] / "test.npz")
+    assert main(["predict", str(trained["run"]), test_npz, "--out", str(out), "--top-k", "3"]) == 0
     rows = list(csv.DictReader(out.open()))
     pred = torch.tensor([int(r["class"]) for r in rows])
     acc = float((pred == trained["test_y"]).float().mean())
-    assert len(rows) == 500 and acc == pytest.approx(trained["summary"]["final"]["test/top1"], abs=1e-12)
+    assert len(rows) == 500 and acc == pytest.approx(trained["summary"]["final"]["test/top1"], abs=1e-6)
     assert rows[0]["label"] == f"digit{rows[0]['class']}" and {"class3", "prob3"} <= set(rows[0])
     assert float(rows[0]["prob"]) >= float(rows[0]["prob2"]) >= float(rows[0]["prob3"])
     assert f"top-1 on {trained['root'] / 'test.npz'} (labels y): {100 * acc:.2f}%" in capsys.readouterr().err
@@ -102,7 +106,7 @@ def test_export_needs_neither_the_data_nor_the_training_directory(trained, tmp_p
     assert lines[0] == "exported student weights (no teacher, no connectors) to s.safetensors"
     preds = [int(r["class"]) for r in csv.DictReader(lines[1:])]
     acc = float((torch.tensor(preds) == trained["test_y"]).float().mean())
-    assert acc == pytest.approx(trained["summary"]["final"]["test/top1"], abs=1e-12)
+    assert acc == pytest.approx(trained["summary"]["final"]["test/top1"], abs=1e-6)
 
 
 def test_predict_reads_image_files_with_the_recorded_channels_and_size(trained, tmp_path, capsys):
@@ -124,15 +128,16 @@ def test_eval_on_the_runs_data_and_on_a_named_dataset(trained, tmp_path, capsys)
     final = trained["summary"]["final"]
     assert main(["eval", str(trained["run"])]) == 0
     m = json.loads(capsys.readouterr().out)
-    assert m["test/top1"] == pytest.approx(final["test/top1"], abs=1e-12)
+    assert m["test/top1"] == pytest.approx(final["test/top1"], abs=1e-6)
     assert m["test/nll"] == pytest.approx(final["test/nll"], rel=1e-5) and m["samples"] == 500
     # the built-in digits set holds the same test images: same metrics through the run's normalisation
     assert main(["eval", str(trained["run"]), "--data", "digits", "--weights", "best"]) == 0
     best = json.loads(capsys.readouterr().out)
-    assert best["test/top1"] == pytest.approx(trained["summary"]["best"]["test/top1"], abs=1e-12)
+    assert best["test/top1"] == pytest.approx(trained["summary"]["best"]["test/top1"], abs=1e-6)
     small = tmp_path / "small.npz"  # 4x4 images: a clear error, not a shape crash inside the network
-    np.savez(small, **{f"{s}_{k}": np.random.default_rng(0).random((3, 1, 4, 4), np.float32) if k == "x" else np.zeros(3, np.int64)
-                       for s in ("train", "test") for k in ("x", "y")})
+    rng = np.random.default_rng(0)
+    np.savez(small, train_x=rng.random((3, 1, 4, 4), np.float32), train_y=np.zeros(3, np.int64),
+             test_x=rng.random((3, 1, 4, 4), np.float32), test_y=np.zeros(3, np.int64))
     (tmp_path / "d.yaml").write_text(f"data: {{name: _test_npz, kwargs: {{path: {small}}}}}\n")
     assert main(["eval", str(trained["run"]), "--data", str(tmp_path / "d.yaml")]) == 2
     assert "has inputs (1, 4, 4), the student takes (1, 8, 8)" in capsys.readouterr().err
@@ -172,3 +177,54 @@ def test_export_onnx_equals_torch(trained, tmp_path, capsys):
     assert main(["predict", str(out), str(trained["root"] / "test.npz")]) == 0
     preds = [int(r["class"]) for r in csv.DictReader(capsys.readouterr().out.splitlines())]
     assert preds == want.argmax(1).tolist()
+
+
+def test_predict_text_lines_with_the_recorded_tokenizer(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    import inspect
+
+    from transformers import BertTokenizerFast
+
+    words = ["good", "great", "love", "bad", "awful", "hate", "the", "car", "was", "it"]
+    tok_dir = tmp_path / "tok"
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    key = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+    BertTokenizerFast(**{key: str(tmp_path / "vocab.txt")}, do_lower_case=True).save_pretrained(str(tok_dir))
+    rng = np.random.default_rng(0)
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    dev = []
+    for name, n in (("train.tsv", 40), ("dev.tsv", 12)):
+        rows = []
+        for i in range(n):
+            mood = words[3 * (i % 2):3 * (i % 2) + 3]  # positive words for label 0, negative for 1
+            sent = " ".join(rng.choice(mood, 2).tolist() + rng.choice(words[6:], 3).tolist())
+            rows.append((sent, i % 2))
+        (glue / name).write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+        dev = rows
+    data = {"root": str(glue), "tokenizer": str(tok_dir), "max_length": 12}
+    recipe = load_recipe({"name": "txt", "data": {"name": "glue", "kwargs": data, "batch_size": 8},
+                          "student": {"name": "bag_of_embeddings",
+                                      "kwargs": {"tokenizer": str(tok_dir), "embed_dim": 16}},
+                          "optim": {"name": "adamw", "lr": 1e-2}, "schedule": {"epochs": 2, "name": "constant"},
+                          "train": {"tensorboard": False, "progress": False}})
+    run = tmp_path / "run"
+    summary = run_recipe(recipe, run_dir=run, quiet=True)
+    rec = json.loads((run / "preprocess.json").read_text())
+    assert rec["text"] == {"tokenizer": str(tok_dir.resolve()), "max_length": 12} and rec["input_dtype"] == "int64"
+    (tmp_path / "dev.txt").write_text("".join(s + "\n" for s, _ in dev))
+    assert main(["predict", str(run), str(tmp_path / "dev.txt"), "--out", str(tmp_path / "p.json")]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert [r["input"] for r in rows] == [f"{tmp_path / 'dev.txt'}:{i + 1}" for i in range(12)]
+    acc = np.mean([r["top"][0]["class"] == y for r, (_, y) in zip(rows, dev)])
+    assert acc == pytest.approx(summary["final"]["test/top1"], abs=1e-6)
+
+
+def test_a_run_from_before_preprocess_json_rebuilds_it_once(trained, tmp_path):
+    from kdlab.export import export_run
+
+    old = tmp_path / "old"
+    shutil.copytree(trained["run"], old)
+    (old / "preprocess.json").unlink()
+    export_run(old, tmp_path / "s.safetensors")  # the data is still there: read once, then recorded
+    assert json.loads((old / "preprocess.json").read_text()) == json.loads((trained["run"] / "preprocess.json").read_text())

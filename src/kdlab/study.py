@@ -90,6 +90,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from kdlab.engine.progress import silenced
 from kdlab.engine.run import run_recipe
 from kdlab.errors import KDLabError
 from kdlab.recipe import Strict, _format_error, apply_overrides, deep_merge, load_recipe, merge_files, read_file
@@ -445,7 +446,8 @@ def _execute(recipe: dict[str, Any], run_dir: str, meta: dict[str, Any]) -> dict
     was_finished = _finished(run_dir)
     t0 = time.time()
     # wait=True: a run (or shared teacher) that another study process is training is waited for, then reused
-    summary = run_recipe(load_recipe(recipe), run_dir=run_dir, existing="resume", quiet=True, wait=True)
+    with silenced():  # the study prints one line per run; epoch lines of parallel workers would interleave
+        summary = run_recipe(load_recipe(recipe), run_dir=run_dir, existing="resume", quiet=True, wait=True)
     _write_meta(meta)
     return {"run_dir": run_dir, "trained": not was_finished, "summary": summary, "wall_s": time.time() - t0}
 

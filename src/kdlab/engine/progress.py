@@ -4,7 +4,7 @@
   transient, and one line per epoch stays in the terminal once the epoch is evaluated.
 - Not on a terminal (nohup, SLURM, a pipe): no bar, the same line per epoch, printed plainly and flushed.
 - ``train.progress``: None (default) = bar only on a terminal; true = always the bar; false = neither bar
-  nor lines (quiet runs, e.g. studies that print their own tables).
+  nor lines. Study runs are ``silenced()``: the study prints one line per run.
 - Ctrl-C: the CLI stops any live bar and prints the real resume command (``interrupted_message``).
 
 Only rank 0 shows anything under torchrun.
@@ -16,10 +16,12 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 READ_EVERY_S = 0.5
+_SILENT = False  # inside ``silenced()``
 _ACTIVE: list[Any] = []  # live rich bars, stopped on Ctrl-C
 _RUN: Path | None = None  # the run folder the CLI is training: what to resume after Ctrl-C
 
@@ -83,7 +85,7 @@ def show_bar(setting: bool | None, stream: TextIO | None = None) -> bool:
 
 def epoch_bar(label: str, total: int, *, setting: bool | None, main: bool = True,
               last: dict[str, Any] | None = None, console: Any = None) -> EpochBar | NoBar:
-    if not main or not show_bar(setting):
+    if not main or _SILENT or not show_bar(setting):
         return NoBar()
     return EpochBar(label, total, last, console)
 
@@ -107,10 +109,21 @@ def format_epoch(label: str, record: dict[str, Any]) -> str:
 def epoch_line(label: str, record: dict[str, Any], *, setting: bool | None, main: bool = True,
                stream: TextIO | None = None) -> None:
     """One line per epoch on stderr (flushed, so that nohup/SLURM logs show it at once)."""
-    if not main or setting is False:
+    if not main or _SILENT or setting is False:
         return
     stream = stream or sys.stderr
     print(format_epoch(label, record), file=stream, flush=True)
+
+
+@contextmanager
+def silenced():
+    """No bars and no epoch lines inside (studies print one line per run instead, from several workers)."""
+    global _SILENT
+    before, _SILENT = _SILENT, True
+    try:
+        yield
+    finally:
+        _SILENT = before
 
 
 def current_run(run_dir: str | Path) -> None:
@@ -138,4 +151,4 @@ def interrupted_message() -> str:
 
 
 __all__ = ["EpochBar", "epoch_bar", "epoch_line", "format_epoch", "interrupted_message", "stop_bars",
-           "current_run"]
+           "current_run", "silenced"]
