@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if "KDLAB_CACHE" not in os.environ:  # decoded images and teacher caches of the tests never land in ~/.cache
+    import tempfile
+
+    os.environ["KDLAB_CACHE"] = tempfile.mkdtemp(prefix="kdlab-test-cache-")
 
 import torch  # noqa: E402
 
