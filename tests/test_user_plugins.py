@@ -225,3 +225,15 @@ def test_student_starts_from_local_weights(tmp_path):
         assert all(torch.equal(p, torch.full_like(p, 0.125)) for p in built.parameters())
     with pytest.raises(KDLabError, match="weights do not fit"):
         build_model_for(load_recipe({"student": {"name": "smallcnn", "weights": str(tmp_path / "w.pt")}}).student, ds)
+
+
+def test_study_files_resolve_dot_paths_in_inline_recipe_parts(tmp_path, monkeypatch):
+    from kdlab.study import load_study
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.yaml").write_text(
+        "out: runs/s\nbase: [pair.yaml]\nmethods:\n  kd: {recipe: {student: {name: mlp, weights: ./init.pt}}}\n")
+    monkeypatch.chdir(tmp_path)
+    study, _ = load_study("s/study.yaml")
+    assert study.methods["kd"].recipe["student"]["weights"] == str((tmp_path / "s" / "init.pt").resolve())
+    assert study.base == [str(Path("s") / "pair.yaml")]  # file lists keep their own study-relative rule

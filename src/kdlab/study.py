@@ -238,6 +238,9 @@ def load_study(source: str | Path | dict[str, Any] | Study, *, root: str | Path 
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
         if not isinstance(data, dict):
             raise KDLabError(f"{path}: a study must be a mapping at top level")
+        from kdlab.recipe import resolve_relative  # ./ and ../ values in inline recipe parts: this file's folder
+
+        data = resolve_relative(data, path.resolve().parent)
         data.setdefault("name", path.stem)
         where, folder = str(path), path.parent
     try:
