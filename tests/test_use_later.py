@@ -3,6 +3,7 @@
 Accuracies are compared with abs=1e-6: kdlab stores float32 means, and one sample is 1/500 or 1/12."""
 
 import csv
+import importlib.util
 import json
 import shutil
 
@@ -218,6 +219,12 @@ def test_predict_text_lines_with_the_recorded_tokenizer(tmp_path, capsys):
     assert [r["input"] for r in rows] == [f"{tmp_path / 'dev.txt'}:{i + 1}" for i in range(12)]
     acc = np.mean([r["top"][0]["class"] == y for r, (_, y) in zip(rows, dev)])
     assert acc == pytest.approx(summary["final"]["test/top1"], abs=1e-6)
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):  # token ids through ONNX
+        assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "t.onnx")]) == 0
+        out = str(tmp_path / "o.json")
+        assert main(["predict", str(tmp_path / "t.onnx"), str(tmp_path / "dev.txt"), "--out", out]) == 0
+        onnx_rows = json.loads((tmp_path / "o.json").read_text())["rows"]
+        assert [r["top"][0]["class"] for r in onnx_rows] == [r["top"][0]["class"] for r in rows]
 
 
 def test_a_run_from_before_preprocess_json_rebuilds_it_once(trained, tmp_path):

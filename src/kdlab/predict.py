@@ -34,7 +34,8 @@ class OnnxStudent:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise KDLabError(f"{path}: predicting with an ONNX file needs onnxruntime: pip install 'kdlab[onnx]'") from None
+            raise KDLabError(f"{path}: predicting with an ONNX file needs onnxruntime: "
+                             "pip install 'kdlab[onnx]'") from None
         self.sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input = self.sess.get_inputs()[0].name
 
@@ -85,8 +86,8 @@ def _array_inputs(arr: np.ndarray, name: str, record: dict[str, Any], y: Any = N
     if tuple(x.shape) == shape:  # one sample
         x = x.unsqueeze(0)
     if tuple(x.shape[1:]) != shape:
-        raise KDLabError(f"{name}: inputs have shape {tuple(arr.shape)}, the student takes N×{'×'.join(map(str, shape))} "
-                         "(raw scale, before normalisation)")
+        raise KDLabError(f"{name}: inputs have shape {tuple(arr.shape)}, the student takes "
+                         f"N×{'×'.join(map(str, shape))} (raw scale, before normalisation)")
     if record.get("input_dtype") == "int64":
         if x.is_floating_point():
             raise KDLabError(f"{name}: the student takes integer token ids, got {arr.dtype} values")
