@@ -1,13 +1,16 @@
-"""Run-folder locks: two real processes on one folder, and on one untrained teacher (issue 15, item 1)."""
+"""Run-folder locks: two real processes on one folder (a lock holder and `kdlab run`), and on one untrained
+teacher (issue 15, item 1)."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from kdlab.cli import main
 from kdlab.engine.lock import folder_lock, holder, lock_path
 from kdlab.errors import KDLabError
 
@@ -31,11 +34,8 @@ def _epochs(run: Path) -> list[int]:
 
 def test_lock_names_its_holder_and_is_reentrant(tmp_path):
     run = tmp_path / "runs" / "kd" / "seed0"
-    code = ("import sys, time; from kdlab.engine.lock import folder_lock\n"
-            f"with folder_lock({str(run)!r}):\n    print('held', flush=True); time.sleep(30)\n")
-    other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    other = _holder(run, 30)
     try:
-        assert other.stdout.readline().strip() == "held"
         with pytest.raises(KDLabError, match=rf"in use by pid {other.pid} on .*--wait"):
             with folder_lock(run):
                 pass
@@ -50,33 +50,52 @@ def test_lock_names_its_holder_and_is_reentrant(tmp_path):
             assert holder(run)["pid"] == os.getpid()
 
 
-@pytest.mark.parametrize("flag", [[], ["--force"]])
-def test_second_run_on_a_locked_folder_fails_in_one_line(tmp_path, flag):
+def _holder(run: Path, seconds: float) -> subprocess.Popen:
+    """Another process that holds the run folder's lock for ``seconds`` (a live run, as far as locks go)."""
+    code = ("import time; from kdlab.engine.lock import folder_lock\n"
+            f"with folder_lock({str(run)!r}):\n    print('held', flush=True); time.sleep({seconds})\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_second_run_on_a_locked_folder_fails_in_one_line_or_waits(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text(STUDENT.replace("teacher: {run: runs/teachers/teacher/seed0, recipe: teacher.yaml}\n",
                                                      "").replace("kd: {}", "ce2: {term: ce, weight: 0.9}"))
-    with folder_lock(tmp_path / "runs" / "run" / "seed0"):  # this test process is the live run
-        p = _kdlab("run", "s.yaml", *flag, cwd=tmp_path)
-        out, err = p.communicate(timeout=120)
-    assert p.returncode == 2, err
-    assert err.count("\n") == 1 and f"in use by pid {os.getpid()}" in err
-    assert ("does not stop a live run" in err) == bool(flag)
-    assert not (tmp_path / "runs" / "run" / "seed0" / "metrics.jsonl").exists()
+    run = tmp_path / "runs" / "run" / "seed0"
+    other = _holder(run, 3.0)
+    try:
+        for flag in ([], ["--force"]):
+            assert main(["run", "s.yaml", *flag]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"in use by pid {other.pid}" in err
+            assert ("does not stop a live run" in err) == bool(flag)
+        assert not run.exists()
+        assert main(["run", "s.yaml", "--wait"]) == 0  # queues behind the holder, then trains
+    finally:
+        other.kill()
+        other.wait()
+    assert _epochs(run) == [1]
 
 
-def test_two_students_on_one_untrained_teacher_train_it_once(tmp_path):
-    """Two processes start together on one run folder (with --wait) and a third student shares the untrained
-    teacher: the teacher is trained once and the shared student folder holds each epoch once."""
+def test_two_processes_on_one_untrained_teacher_train_it_once(tmp_path, monkeypatch):
+    """Another process starts a student on an untrained teacher; while it trains that teacher, this process
+    starts a second student on it: the teacher is trained once, and the second student waits and reuses it."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "teacher.yaml").write_text(TEACHER)
     (tmp_path / "kd.yaml").write_text("name: kd\n" + STUDENT)
     (tmp_path / "kd2.yaml").write_text("name: kd2\n" + STUDENT)
-    procs = [_kdlab("run", "kd.yaml", "--wait", cwd=tmp_path), _kdlab("run", "kd.yaml", "--wait", cwd=tmp_path),
-             _kdlab("run", "kd2.yaml", cwd=tmp_path)]
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
     teacher = tmp_path / "runs" / "teachers" / "teacher" / "seed0"
+    p = _kdlab("run", "kd2.yaml", cwd=tmp_path)
+    deadline = time.time() + 120
+    while not (teacher / "recipe.yaml").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # the other process has started training the teacher
+    assert not (teacher / "summary.json").exists()
+    assert main(["run", "kd.yaml"]) == 0
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
     assert len(json.loads((teacher / "env.json").read_text())["runs"]) == 1  # trained once, by one process
     assert _epochs(teacher) == [1, 2]
     assert _epochs(tmp_path / "runs" / "kd" / "seed0") == [1]
-    assert len(json.loads((tmp_path / "runs" / "kd" / "seed0" / "env.json").read_text())["runs"]) == 1
     assert _epochs(tmp_path / "runs" / "kd2" / "seed0") == [1]
