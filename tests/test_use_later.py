@@ -101,17 +101,22 @@ def test_export_needs_neither_the_data_nor_the_training_directory(trained, tmp_p
         monkeypatch.chdir(cwd)
         assert main(["export", str(moved), "--out", "s.safetensors"]) == 0
         assert main(["predict", "s.safetensors", str(trained["root"] / "test.npz")]) == 0
+        assert main(["eval", "s.safetensors", "--data", "digits"]) == 0  # an export, on a named dataset
     finally:
         shutil.move(data_backup, trained["data"])
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    lines = out[:out.index("{")].splitlines()
     assert lines[0] == "exported student weights (no teacher, no connectors) to s.safetensors"
     preds = [int(r["class"]) for r in csv.DictReader(lines[1:])]
+    assert json.loads(out[out.index("{"):])["test/top1"] == pytest.approx(trained["summary"]["final"]["test/top1"])
     acc = float((torch.tensor(preds) == trained["test_y"]).float().mean())
     assert acc == pytest.approx(trained["summary"]["final"]["test/top1"], abs=1e-6)
 
 
-def test_predict_reads_image_files_with_the_recorded_channels_and_size(trained, tmp_path, capsys):
+def test_predict_reads_image_files_with_the_recorded_channels_and_size(trained, tmp_path, capsys, monkeypatch):
     from PIL import Image
+
+    monkeypatch.setattr("kdlab.predict.IMAGE_CHUNK", 4)  # the folder is decoded in two chunks
 
     x = (trained["test_x"][:6] * 255).round().to(torch.uint8)
     folder = tmp_path / "imgs"

@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_predict)
 
     ev = sub.add_parser("eval", help="metrics of a run's student on a dataset (the run's normalisation)")
-    ev.add_argument("run", help="run folder")
+    ev.add_argument("run", help="run folder (or an exported .safetensors/.onnx, with --data)")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.kwargs.root=/data/other")
     ev.add_argument("--data", metavar="NAME_OR_RECIPE",
                     help="a dataset name or a recipe file whose `data:` is used (default: the run's own data)")

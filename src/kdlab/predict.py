@@ -23,6 +23,7 @@ import torch
 from kdlab.errors import KDLabError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+IMAGE_CHUNK = 256
 
 
 # ------------------------------------------------------------------------------------------------ students
@@ -166,7 +167,8 @@ def read_inputs(paths: list[str | Path], record: dict[str, Any]) -> Iterator[Inp
             files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise KDLabError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            yield read_images(files, record)
+            for i in range(0, len(files), IMAGE_CHUNK):  # a large folder is decoded chunk by chunk
+                yield read_images(files[i:i + IMAGE_CHUNK], record)
         elif not p.exists():
             raise KDLabError(f"input {p} not found")
         elif p.suffix.lower() in IMAGE_SUFFIXES:
@@ -249,6 +251,8 @@ def eval_recipe(data: str | None, overrides: list[str], run_dir: Path, record: d
     from kdlab.recipe import RECIPE_SUFFIXES, load_recipe, read_file
 
     if data is None:
+        if not (run_dir / "recipe.yaml").exists():
+            raise KDLabError(f"{run_dir} is not a run folder: name the data to evaluate on with --data")
         block = read_file(run_dir / "recipe.yaml").get("data", {})
     elif data.endswith(RECIPE_SUFFIXES):
         block = read_file(data).get("data")
@@ -261,8 +265,9 @@ def eval_recipe(data: str | None, overrides: list[str], run_dir: Path, record: d
 
 def evaluate(run_dir: str | Path, data: str | None = None, overrides: list[str] | None = None, *,
              split: str = "test", weights: str = "final", batch_size: int = 1000) -> dict[str, float]:
-    """Held-out metrics (top-1/top-5, NLL, ECE) of a run's student on a dataset's ``split``, with the run's
-    normalisation. ``data``: a dataset name or a recipe file whose ``data:`` is used (default: the run's)."""
+    """Held-out metrics (top-1/top-5, NLL, ECE) of a run's (or an export's) student on a dataset's ``split``, with
+    the run's normalisation. ``data``: a dataset name or a recipe file whose ``data:`` is used (default: the
+    run's own)."""
     from kdlab.data import make_loader
     from kdlab.engine.metrics import classification_metrics
     from kdlab.engine.run import build_data
