@@ -230,11 +230,6 @@ class RunLogger:
             self.close()
             raise
 
-    @property
-    def tb(self) -> Any:  # the TensorBoard writer, where code looks for it
-        b = self.backends.get("tensorboard")
-        return getattr(b, "tb", None)
-
     def truncate(self, upto_global_epoch: int) -> None:
         """On resume, forget epochs logged after the checkpoint being resumed from."""
         if not self.path.exists():
