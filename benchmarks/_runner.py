@@ -51,6 +51,10 @@ def run_arms(arms: dict[str, Arm], seeds: list[int], out: str | Path, *, workers
                 from kdlab.engine.run import build_data
 
                 load_teacher(t, build_data(r), quiet=False)
+    # Teacher caches (teacher.cache=auto) next, once each, so that the workers only read them.
+    from kdlab.teachers.load import prebuild_caches
+
+    prebuild_caches([load_recipe(f, o) for f, o, _ in jobs])
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
         return [Path(p) for p in ex.map(_job, jobs)]
 

@@ -119,7 +119,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     result = run_study(args.study, workers=args.workers, dry_run=args.dry_run, out=args.out,
                        overrides=args.overrides)
     if not args.dry_run:
-        print(f"trained {result['trained']}, reused {result['reused']} finished runs")
+        print(f"trained {result['trained']}, reused {result['reused']} finished runs"
+              + (f"; teacher caches {result['cache_s']:.1f} s" if result.get("cache_s") else ""))
         print(result["report"]["markdown"])
     return 0
 

@@ -519,31 +519,13 @@ def _run_phase(runs: list[PlannedRun], workers: int | None, log: Callable[[str],
 def _cache_phase(students: list[PlannedRun], log: Callable[[str], None], failed: dict[str, str]) -> float:
     """Build every teacher cache the student runs will read (``teacher.cache: auto``), once per teacher and
     grid cell, before the students start: workers then only read it. Returns the seconds spent."""
-    from kdlab.teachers.load import build_for_recipe, objective_teacher_taps
+    from kdlab.teachers.load import prebuild_caches
 
     t0 = time.time()
-    seen: set[str] = set()
-    for r in students:
-        t = r.recipe.get("teacher")
-        if not isinstance(t, dict) or t.get("cache") is None or r.teacher_dir in failed:
-            continue
-        recipe = load_recipe(r.recipe)
-        spec = recipe.teachers[0]
-        assert spec.cache is not None
-        if spec.cache.path != "auto" or any(tap not in spec.cache.taps for tap in objective_teacher_taps(recipe)):
-            continue  # an explicit cache is the user's; feature terms without stored taps use the live teacher
-        key = json.dumps([r.teacher_dir, r.recipe.get("data"), spec.cache.model_dump(), recipe.train.device],
-                         sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            path = build_for_recipe(recipe, progress=False)
-        except KDLabError as e:
-            failed[r.run_dir] = f"teacher cache: {e}"
-            log(f"FAILED teacher cache for {_describe(r)}: {e}")
-            continue
-        log(f"teacher cache for {r.cell_label or 'all cells'} ready: {path}")
+    todo = [r for r in students if isinstance(r.recipe.get("teacher"), dict) and r.recipe["teacher"].get("cache")
+            is not None and r.teacher_dir not in failed]
+    for i, err in prebuild_caches([load_recipe(r.recipe) for r in todo], log).items():
+        failed[todo[i].run_dir] = f"teacher cache: {err}"
     return time.time() - t0
 
 

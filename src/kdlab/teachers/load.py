@@ -140,3 +140,33 @@ def build_for_recipe(recipe: Recipe, *, teacher: int = 0, out: str | None = None
     dataset = build_data(recipe)
     live = live_teacher(recipe, spec, dataset, f"teacher{teacher}", quiet=False)
     return ensure_cache(recipe, spec, dataset, live, device, quiet=False, progress=progress)
+
+
+def prebuild_caches(recipes: list[Recipe], log: Any = print) -> dict[int, str]:
+    """Build, once each, the ``cache: auto`` caches that these runs will read (before parallel workers start,
+    so they only read). Skips explicit caches and runs whose feature terms the cache would not serve.
+    Returns {index of a recipe whose cache failed: the error}."""
+    import json
+
+    seen: set[str] = set()
+    failed: dict[int, str] = {}
+    for i, recipe in enumerate(recipes):
+        if not recipe.teachers or recipe.teachers[0].cache is None:
+            continue
+        spec = recipe.teachers[0]
+        assert spec.cache is not None
+        if spec.cache.path != "auto" or any(t not in spec.cache.taps for t in objective_teacher_taps(recipe)):
+            continue  # an explicit cache is the user's; feature terms without stored taps use the live teacher
+        key = json.dumps([spec.model_dump(), recipe.data.model_dump(), recipe.seed if spec.run is None else None,
+                          recipe.train.device], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            path = build_for_recipe(recipe, progress=False)
+        except KDLabError as e:
+            failed[i] = str(e)
+            log(f"FAILED teacher cache for {recipe.name} seed {recipe.seed}: {e}")
+            continue
+        log(f"teacher cache ready: {path}")
+    return failed
