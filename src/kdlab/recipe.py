@@ -340,6 +340,16 @@ class ScheduleSpec(Strict):
         return [round(m * self.multiplier) for m in self.milestones]
 
 
+class CompileSpec(Strict):
+    """``train.compile`` as a block: torch.compile options for the students (and live teachers)."""
+
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # CUDA graphs (fixed shapes only: keep data.drop_last on): the same as mode reduce-overhead.
+    cuda_graphs: bool = False
+    teacher: bool = True  # compile a live teacher's forward too
+    fullgraph: bool = False
+
+
 class TrainSpec(Strict):
     device: str = "auto"
     # auto: bf16 autocast on CUDA devices with bf16, fp32 elsewhere (bf16 autocast halves the speed of these
@@ -348,7 +358,14 @@ class TrainSpec(Strict):
     # auto (None): channels_last for image inputs of at least 16x16 (1.2x faster for the CIFAR zoo on this CPU,
     # the usual choice on GPUs); NCHW for smaller images and non-image inputs.
     channels_last: bool | None = None
-    compile: bool = False
+    # true, or a block {mode, cuda_graphs, teacher, fullgraph}: torch.compile the students (and live teachers).
+    compile: bool | CompileSpec = False
+    # Under torchrun: ddp (DistributedDataParallel over the students and the objectives' connectors) or fsdp.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    sync_batchnorm: bool = False  # SyncBatchNorm across ranks (CUDA only: PyTorch has no CPU kernel for it)
+    # DDP's find_unused_parameters; None = on when a step may leave parameters without a gradient (trainable
+    # connectors, extra views, a stage's trainable subset), off for plain logit KD (no graph walk per step).
+    find_unused: bool | None = None
     grad_clip: float | None = Field(None, gt=0)
     threads: int | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, gt=0)

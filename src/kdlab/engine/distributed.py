@@ -7,10 +7,16 @@ world 1) unless ``WORLD_SIZE > 1`` and :func:`setup` has initialised the process
   ``gloo`` on the CPU) once per process; the device becomes ``cuda:LOCAL_RANK`` on CUDA.
 * Each rank trains on a contiguous, equal-sized chunk of the same (seed, epoch) order; the remainder
   (``n % world`` samples of the shuffled order) is dropped for that epoch (see ``kdlab.data.loader``).
-* Gradients are synchronised by :func:`all_reduce_grads` after every backward: the gradients of all
-  trainable parameters (students *and* the objective's connectors) are flattened, summed across ranks and
-  divided by the world size. This is what ``DistributedDataParallel`` computes, without wrapping the students
-  (their state-dict keys, feature hooks, views and checkpoints stay exactly as in a single process).
+* Gradients are averaged by PyTorch's ``DistributedDataParallel`` (:func:`wrap`), built per stage over one
+  module that holds the students *and* the objectives (connectors, projection heads), so one set of buckets
+  covers every trainable parameter and its all-reduce overlaps the backward. The bare students stay what the
+  engine evaluates, saves and exports (state-dict keys, feature hooks and checkpoints are those of a single
+  process); the hooks sit on the bare modules, which DDP's forward calls.
+* ``find_unused_parameters`` (``train.find_unused``; auto: on when a step may leave a trainable parameter
+  without a gradient: trainable connectors, extra views, a stage's ``trainable`` subset) and
+  ``broadcast_buffers=False``: BatchNorm statistics stay per rank during an epoch (no broadcast per step) and
+  rank 0's are broadcast at every epoch end, as before. ``train.sync_batchnorm`` converts BatchNorm to
+  SyncBatchNorm instead (CUDA only).
 * Parameters and buffers are broadcast from rank 0 once per stage (after the objectives are built or
   resumed); afterwards the averaged gradients keep the parameters identical on every rank, and only the
   buffers (BatchNorm statistics, which each rank updates on its own shard) are broadcast at every epoch end,
@@ -22,8 +28,6 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Iterable
-
 import torch
 import torch.distributed as dist
 
@@ -104,27 +108,16 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
-    """Average ``.grad`` across ranks. A parameter without a gradient on any rank counts as zero there;
-    one without a gradient on every rank keeps ``grad = None`` (the optimiser then skips it, as it would
-    in a single process)."""
-    if not active():
-        return
-    params = list(params)
-    if not params:
-        return
-    dev = params[0].device
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=dev)
-    dist.all_reduce(has)
-    grads = []
-    for p, h in zip(params, has.tolist()):
-        if h == 0:
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    n = world()
-    _flat_op(grads, lambda flat: (dist.all_reduce(flat), flat.div_(n)))
+def wrap(module: torch.nn.Module, device: torch.device, *, find_unused: bool) -> torch.nn.Module:
+    """``module`` under DistributedDataParallel (gradient buckets all-reduced during the backward), or the
+    module itself in one process or when nothing in it is trainable."""
+    if not active() or not any(p.requires_grad for p in module.parameters()):
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                   find_unused_parameters=find_unused)
 
 
 def broadcast_state(module: torch.nn.Module, params: bool = True) -> None:

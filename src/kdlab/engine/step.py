@@ -135,3 +135,17 @@ def _student_passes(student: nn.Module, capture: Capture, inputs: list[torch.Ten
     feats = capture.pop()
     split_feats = {k: v.split(sizes) for k, v in feats.items()}
     return [(lg, {k: v[j] for k, v in split_feats.items()}) for j, lg in enumerate(logits.split(sizes))]
+
+
+class StepModule(nn.Module):
+    """The students and their objectives as one module whose forward is :func:`distill_step`: what
+    DistributedDataParallel wraps, so one DDP covers every trainable parameter (cohorts, connectors) and
+    its gradient hooks see the step's whole graph. Returns ``(total, named, stats)`` (tensors DDP can walk)."""
+
+    def __init__(self, students: nn.ModuleList, objectives: nn.ModuleList):
+        super().__init__()
+        self.students, self.objectives = students, objectives
+
+    def forward(self, batch: Batch, teachers: Sequence[Any], **kwargs: Any):
+        res = distill_step(batch, self.students, self.objectives, teachers, **kwargs)
+        return res.total, res.named, res.stats

@@ -16,9 +16,10 @@ end of the epoch (or every ``train.sync_every`` steps), where the non-finite che
 first bad step.
 
 Under ``torchrun`` (``kdlab.engine.distributed``) the same loop runs on every rank: the training loader
-yields this rank's shard of the epoch order, gradients of students and connectors are averaged across ranks
-after each backward, the logged training losses are averaged across ranks, and evaluation, logging,
-checkpoints and weights are rank 0's (the others wait at a barrier). One process: nothing changes.
+yields this rank's shard of the epoch order, the step runs through DistributedDataParallel over the students
+and the objectives (gradients averaged in buckets during the backward), the logged training losses are
+averaged across ranks, and evaluation, logging, checkpoints and weights are rank 0's, from the bare students
+(the others wait at a barrier). One process: nothing is wrapped, nothing changes.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ from kdlab.engine.evaluate import Evaluator
 from kdlab.engine.logger import RunLogger
 from kdlab.engine.progress import epoch_bar, epoch_line
 from kdlab.engine.optim import build_optimizer, lr_factor
-from kdlab.engine.step import Clock, ExtraViews, distill_step
+from kdlab.engine.step import Clock, ExtraViews, StepModule, distill_step
 from kdlab.errors import KDLabError
 from kdlab.methods.base import FitData, Objective, SetupInfo
-from kdlab.recipe import OptimSpec, Recipe, ScheduleSpec, TermSpec
+from kdlab.recipe import CompileSpec, OptimSpec, Recipe, ScheduleSpec, TermSpec
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -110,6 +111,17 @@ class Trainer:
         self.teachers = list(teachers)
         self.callbacks = list(callbacks)
         tr = recipe.train
+        if dist.world() > 1:
+            if tr.parallel == "fsdp":
+                raise KDLabError("train.parallel: fsdp is not available yet (rank 0 alone evaluates and saves the "
+                                 "bare student, which a sharded student cannot do); use ddp")
+            if tr.sync_batchnorm:
+                if device.type != "cuda":
+                    raise KDLabError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                                     "kernel); drop it on the CPU")
+                self.students = nn.SyncBatchNorm.convert_sync_batchnorm(self.students)
+        if device.type == "cuda":  # fixed batch shapes: let cuDNN pick the fastest convolution once per shape
+            torch.backends.cudnn.benchmark = True
         precision = precision_for(tr, device)
         self.autocast = AUTOCAST[precision]
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -129,8 +141,7 @@ class Trainer:
                                      "with the same teacher.cache.views and seed")
                 self.pipeline.table = table.to(device)
         if tr.compile:
-            for s in self.students:
-                s.compile()
+            self._compile(CompileSpec() if tr.compile is True else tr.compile)
         self.extra_views = [(spec.name, spec.build()) for spec in recipe.views]
         # Valid inputs in normalised units (raw data lies in [0, 1] for images), for views that perturb inputs.
         shape = (1, -1) + (1,) * (len(dataset.input_shape) - 1)
@@ -155,11 +166,35 @@ class Trainer:
         self.main = dist.is_main()  # rank 0 (always, in one process) evaluates and writes the run folder
         self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard, recipe=recipe) if self.main else None
         self._prev_objectives: nn.ModuleList | None = None
+        self.step_module: nn.Module | None = None  # the stage's DDP wrapper under torchrun
         self.best: dict[str, Any] = {}
         self.last: dict[str, Any] = {}
         self.wall_s = 0.0
 
     # ------------------------------------------------------------------ building blocks
+    def _compile(self, spec: CompileSpec) -> None:
+        """torch.compile the students in place (hooks and state-dict keys unchanged) and, unless
+        ``teacher: false``, the live teachers' forwards. ``cuda_graphs`` = mode ``reduce-overhead``."""
+        mode = "reduce-overhead" if spec.cuda_graphs else spec.mode
+        kwargs = {"mode": None if mode == "default" else mode, "fullgraph": spec.fullgraph}
+        for s in self.students:
+            s.compile(**kwargs)
+        if spec.teacher:
+            for t in self.teachers:
+                if t.live is not None:
+                    t.live.model.compile(**kwargs)
+
+    def _step_module(self, stage: Stage, objectives: nn.ModuleList) -> nn.Module | None:
+        """Under torchrun, the students and objectives wrapped in DistributedDataParallel; None in one
+        process (the step calls ``distill_step`` directly)."""
+        if dist.world() == 1:
+            return None
+        find_unused = self.recipe.train.find_unused
+        if find_unused is None:  # auto: a parameter may get no gradient in some step
+            find_unused = (stage.trainable is not None or bool(self.extra_views)
+                           or any(p.requires_grad for p in objectives.parameters()))
+        return dist.wrap(StepModule(self.students, objectives), self.device, find_unused=find_unused)
+
     def _loader(self, split: Any, shuffle: bool = False, shard: bool = False) -> Any:
         """Training order (shuffled, the recipe's batch size) or evaluation order (in order, eval batch size).
         ``shard``: this rank's part of every epoch's order (data-parallel training; all of it in one process)."""
@@ -313,9 +348,10 @@ class Trainer:
                     first = start_epoch
                 dist.broadcast_state(self._state_modules(objectives))  # every rank starts from rank 0's model
                 captures = [Capture(s, objectives[k].taps().student) for k, s in enumerate(self.students)]
+                ddp = self.step_module = self._step_module(stage, objectives)
                 try:
                     for epoch in range(first, stage.epochs):
-                        record = self._train_epoch(stage, si, epoch, offset + epoch, objectives, captures, opt)
+                        record = self._train_epoch(stage, si, epoch, offset + epoch, objectives, captures, opt, ddp)
                         self._after_epoch(stage, si, epoch, offset + epoch, record, objectives, opt)
                 finally:
                     for c in captures:
@@ -327,10 +363,11 @@ class Trainer:
         return self.summary()
 
     def _train_epoch(self, stage: Stage, si: int, epoch: int, g: int, objectives: nn.ModuleList,
-                     captures: list[Capture], opt: torch.optim.Optimizer) -> dict[str, Any]:
+                     captures: list[Capture], opt: torch.optim.Optimizer,
+                     ddp: nn.Module | None = None) -> dict[str, Any]:
         seed = epoch_seed(self.recipe.seed, g)
         reseed(seed)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(self.device).manual_seed(seed)  # augmentation drawn on the device: no copies
         self.students.train()
         objectives.train()
         steps = len(self.train_loader)
@@ -347,18 +384,19 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr0 * factor
             batch = self.pipeline(x, y, idx, gen)
-            res = distill_step(batch, self.students, objectives, self.teachers, captures=captures, extra=extra,
-                               concat_views=self.recipe.train.concat_views, autocast=self.autocast,
-                               clock=Clock(epoch, stage.epochs, step, steps))
-            total = res.total
+            kw = dict(captures=captures, extra=extra, concat_views=self.recipe.train.concat_views,
+                      autocast=self.autocast, clock=Clock(epoch, stage.epochs, step, steps))
+            if ddp is not None:  # the backward all-reduces the gradients (students and connectors), bucketed
+                total, named, stats = ddp(batch, self.teachers, **kw)
+            else:
+                res = distill_step(batch, self.students, objectives, self.teachers, **kw)
+                total, named, stats = res.total, res.named, res.stats
             opt.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(total).backward()
             else:
                 total.backward()
-            if dist.world() > 1:  # data parallel: the mean gradient over ranks (students and connectors),
-                dist.all_reduce_grads(params)  # before unscale_
-            if self.scaler is not None:  # so that every rank's scaler sees the same (in)finite gradients
+            if self.scaler is not None:  # after DDP's all-reduce: every rank's scaler sees the same gradients
                 self.scaler.unscale_(opt)
             if self.recipe.train.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, self.recipe.train.grad_clip)
@@ -367,7 +405,7 @@ class Trainer:
                 self.scaler.update()
             else:
                 opt.step()
-            acc.add(step, len(y), total, {**res.named, **res.stats})
+            acc.add(step, len(y), total, {**named, **stats})
             if (step + 1) % sync_every == 0 or step == steps - 1:
                 acc.check(f"stage {stage.name!r} epoch {epoch + 1}", step)
             progress.step(lambda: float(acc.sums["loss"]) / max(1, acc.count))  # read only when a bar shows it
