@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from kdlab.errors import KDLabError
-from kdlab.methods.base import StepContext
+from kdlab.methods.base import SetupInfo, StepContext
 from kdlab.methods.logits import DIST, DecoupledKD, HintonKD, LogitStandardizedKD, MultiLevelKD, MultiTeacherKD
 from kdlab.methods.mutual import DeepMutualLearning
 from kdlab.registry import TERMS
@@ -270,16 +270,47 @@ def test_dist_all_zero_logits_are_finite_with_finite_gradients():
 @pytest.mark.parametrize("classes, batch", [(7, 5), (2, 3), (4, 1)])
 def test_mlkd_matches_reference(classes, batch):
     s, t = logits(batch, classes, 13), logits(batch, classes, 14)
-    out = MultiLevelKD()(ctx_for(s, t))
+    out = MultiLevelKD(MultiLevelKD.Params(level_scale="none", warmup=0))(ctx_for(s, t))  # the authors' formulas
     inst, bat, cls = ref_mlkd(s, t, [2.0, 3.0, 4.0, 5.0, 6.0])
     assert out["instance"].item() == pytest.approx(inst, rel=1e-5, abs=1e-7)
     assert out["batch"].item() == pytest.approx(bat, rel=1e-4, abs=1e-7)
     assert out["class"].item() == pytest.approx(cls, rel=1e-4, abs=1e-7)
 
 
+def test_mlkd_batch_and_class_levels_are_rescaled_to_the_authors_cifar100_proportions():
+    """r = (64 / B)(C / 100): batch level x r, class level x r^2; exactly the authors' formulas at B = 64, C = 100."""
+    temps = [2.0, 3.0, 4.0, 5.0, 6.0]
+    term = MultiLevelKD(MultiLevelKD.Params(warmup=0))
+    s, t = logits(64, 100, 31), logits(64, 100, 32)
+    out, (inst, bat, cls) = term(ctx_for(s, t)), ref_mlkd(s, t, temps)
+    assert out["batch"].item() == pytest.approx(bat, rel=1e-4) and out["class"].item() == pytest.approx(cls, rel=1e-4)
+    s, t = logits(32, 10, 33), logits(32, 10, 34)
+    out, (inst, bat, cls) = term(ctx_for(s, t)), ref_mlkd(s, t, temps)
+    r = (64 / 32) * (10 / 100)
+    assert out["instance"].item() == pytest.approx(inst, rel=1e-5)
+    assert out["batch"].item() == pytest.approx(r * bat, rel=1e-4)
+    assert out["class"].item() == pytest.approx(r * r * cls, rel=1e-4)
+
+
+def test_mlkd_warms_up_linearly_and_refuses_few_classes_with_several_temperatures():
+    s, t = logits(4, 6, 35), logits(4, 6, 36)
+    full = total(MultiLevelKD(MultiLevelKD.Params(warmup=0))(ctx_for(s, t))).item()
+    term = MultiLevelKD()  # warm-up 20 epochs, by steps: (epoch + (step + 1) / steps) / 20
+    ctx = ctx_for(s, t, epoch=4)
+    ctx.step, ctx.steps_per_epoch = 1, 4
+    assert total(term(ctx)).item() == pytest.approx(full * 4.5 / 20, rel=1e-5)
+    assert total(term(ctx_for(s, t, epoch=25))).item() == pytest.approx(full, rel=1e-5)
+    info = SetupInfo(num_train=10, num_classes=2, input_shape=(1,))
+    with pytest.raises(KDLabError, match="mlkd: 2 classes.*temperatures"):
+        MultiLevelKD().setup({}, {}, info)
+    MultiLevelKD(MultiLevelKD.Params(temperatures=[4.0])).setup({}, {}, info)  # one temperature: allowed
+    MultiLevelKD().setup({}, {}, SetupInfo(num_train=10, num_classes=5, input_shape=(1,)))
+
+
 def test_mlkd_level_weights_and_temperatures():
     s, t = logits(4, 5, 15), logits(4, 5, 16)
-    out = MultiLevelKD(MultiLevelKD.Params(temperatures=[3.0], w_batch=0.0, w_class=2.0))(ctx_for(s, t))
+    out = MultiLevelKD(MultiLevelKD.Params(temperatures=[3.0], w_batch=0.0, w_class=2.0, level_scale="none",
+                                           warmup=0))(ctx_for(s, t))
     inst, _, cls = ref_mlkd(s, t, [3.0])
     assert out["instance"].item() == pytest.approx(inst, rel=1e-5)
     assert out["batch"].item() == 0.0
@@ -317,7 +348,7 @@ def test_standardize_switch_on_dkd_dist_mlkd_uses_zscored_logits():
     out = DIST(DIST.Params(standardize=True))(ctx_for(s, t))
     assert out["inter"].item() == pytest.approx(ref_dist(zs, zt, 4.0)[0], rel=1e-4)
     # MLKD: the authors' code z-scores only the instance level
-    out = MultiLevelKD(MultiLevelKD.Params(standardize=True))(ctx_for(s, t))
+    out = MultiLevelKD(MultiLevelKD.Params(standardize=True, level_scale="none", warmup=0))(ctx_for(s, t))
     temps = [2.0, 3.0, 4.0, 5.0, 6.0]
     assert out["instance"].item() == pytest.approx(sum(ref_kd(zs, zt, tau) for tau in temps), rel=1e-5)
     assert out["batch"].item() == pytest.approx(ref_mlkd(s, t, temps)[1], rel=1e-4)
@@ -517,3 +548,24 @@ def test_dml_trains_two_students_in_one_loop(tmp_path):
     for k, f in enumerate(["student.safetensors", "cohort1.safetensors"]):
         w = load_file(str(d / f))
         assert any(not torch.equal(w[n], init[k][n]) for n in w if w[n].is_floating_point()), f
+
+
+def test_mlkd_with_its_defaults_no_longer_sends_a_digits_student_to_chance(tmp_path):
+    """The digits pair (smallcnn x1 teacher -> x0.25 student, lr 0.05, 30 epochs) with recipes/methods/mlkd.yaml's
+    objective: the authors' unscaled, unwarmed levels left the student at 10 % top-1 from epoch 1 (issue 15)."""
+    from kdlab.engine import run_recipe
+    from kdlab.recipe import load_recipe
+
+    base = {"out": str(tmp_path), "data": {"name": "digits"}, "train": {"tensorboard": False},
+            "schedule": {"epochs": 30, "milestones": [15, 22]}}
+    run_recipe(load_recipe({**base, "name": "teacher", "student": {"name": "smallcnn"},
+                            "schedule": {"epochs": 8, "milestones": []}, "objective": {"ce": {}}}), quiet=True)
+    from pathlib import Path
+
+    import yaml
+
+    objective = yaml.safe_load((Path(__file__).parents[1] / "recipes/methods/mlkd.yaml").read_text())["objective"]
+    data = {**base, "name": "mlkd", "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+            "teacher": {"run": str(tmp_path / "teacher" / "seed0")}, "objective": objective}
+    summary = run_recipe(load_recipe(data), quiet=True)
+    assert summary["final"]["test/top1"] > 0.9

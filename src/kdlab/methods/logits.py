@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from kdlab.errors import KDLabError
-from kdlab.methods.base import StepContext, Term, TermParams
+from kdlab.methods.base import SetupInfo, StepContext, Term, TermParams
 from kdlab.registry import TERMS
 
 
@@ -248,6 +248,11 @@ class DIST(Term):
 # ---------------------------------------------------------------------------------------------- MLKD
 
 
+# Fewer classes than this with several temperatures: refused (2 and 3 classes diverged on digits subsets with the
+# defaults, 5 and 10 did not; see MultiLevelKD.setup and docs/decisions.md).
+MLKD_MIN_CLASSES = 5
+
+
 class MLKDParams(TermParams):
     # Jin et al., CVPR 2023 (Jin-Ying/Multi-Level-Logit-Distillation, mdistiller/distillers/KD_ours.py):
     # every level at T in {4, 3, 5, 2, 6}, each scaled by mdistiller's KD.LOSS.KD_WEIGHT = 0.9 (CE 0.1).
@@ -259,6 +264,17 @@ class MLKDParams(TermParams):
     w_class: float = Field(1.0, ge=0)  # C x C Gram matrix of the predictions
     # Sun et al., CVPR 2024; as in their MLKD code it z-scores the logits of the instance level only.
     standardize: bool = False
+    # Against the instance level (a batch mean), the per-sample gradient of the batch level grows as B / C (a
+    # sample shares a class with ~B / C others) and that of the class level as (B / C)^2 (M counts samples per
+    # class pair): the authors tuned all three at CIFAR-100's B = 64, C = 100; on 10 or 2 classes the same formulas
+    # are 6-30x and 40-1000x stronger and send a small student to chance (issue 15). "cifar100" (ours) multiplies
+    # the batch level by r = (64 / B)(C / 100) and the class level by r^2 - exactly 1 in the authors' setting -
+    # so the three keep their tuned proportions; "none" is the authors' formula at any B and C.
+    level_scale: Literal["cifar100", "none"] = "cifar100"
+    # Linear warm-up of the whole term over the first `warmup` epochs (fractional: (epoch + (step + 1) / steps) /
+    # warmup), as DKD's authors do (mdistiller DKD.WARMUP = 20); ours, not in the MLKD code (0 = off, theirs):
+    # without it the first epochs at full strength sent digits students to chance (issue 15).
+    warmup: float = Field(20.0, ge=0)
 
     @field_validator("temperatures")
     @classmethod
@@ -280,6 +296,9 @@ class MultiLevelKD(Term):
     so they only scale the weak-view terms by the fraction of samples/classes under the median (about 1/2).
     The released code sums the instance level over both views and the batch/class levels over the weak view
     only; on the one view given here each level counts once.
+
+    Ours, for stability (see ``MLKDParams``): batch/class levels rescaled to the authors' CIFAR-100 proportions
+    (``level_scale``), a linear warm-up (``warmup``), and a one-line refusal below ``MLKD_MIN_CLASSES`` classes.
     """
 
     Params = MLKDParams
@@ -297,7 +316,23 @@ class MultiLevelKD(Term):
             ps, pt = F.softmax(s / tau, -1), F.softmax(t / tau, -1)
             bat = bat + (pt @ pt.t() - ps @ ps.t()).pow(2).sum() / b
             cls = cls + (pt.t() @ pt - ps.t() @ ps).pow(2).sum() / c
-        return {"instance": self.p.w_instance * inst, "batch": self.p.w_batch * bat, "class": self.p.w_class * cls}
+        if self.p.level_scale == "cifar100":
+            r = (64.0 / b) * (c / 100.0)
+            bat, cls = bat * r, cls * r * r
+        w = self.warm(ctx)
+        return {"instance": w * self.p.w_instance * inst, "batch": w * self.p.w_batch * bat,
+                "class": w * self.p.w_class * cls}
+
+    def warm(self, ctx: StepContext) -> float:
+        if self.p.warmup <= 0:
+            return 1.0
+        return min(1.0, (ctx.epoch + (ctx.step + 1) / max(1, ctx.steps_per_epoch)) / self.p.warmup)
+
+    def setup(self, s_shapes, t_shapes, info: SetupInfo) -> None:
+        if info.num_classes < MLKD_MIN_CLASSES and len(self.p.temperatures) > 1:
+            raise KDLabError(f"mlkd: {info.num_classes} classes: below {MLKD_MIN_CLASSES} classes its sum over "
+                             f"{len(self.p.temperatures)} temperatures (a gradient ~5x kd's) sent students to chance "
+                             "in our checks (issue 15); use kd or dkd, or set mlkd.temperatures to one value, e.g. [4.0]")
 
 
 # ---------------------------------------------------------------------------------------------- multi-teacher
