@@ -89,6 +89,13 @@ def test_layer_parameters_formula_scale_invariance_and_init():
     assert LetKDLayer(16, 8)(torch.randn(4, 16)).shape == (4, 16)
 
 
+def test_cosine_conv_weights_are_drawn_n0_2_over_fan_in_as_the_authors():
+    torch.manual_seed(0)
+    big = LetKDLayer(64, 4096)  # C = 64, K = 4096: scores 64 -> 4096 (fan-in 64), value 4096 -> 64 (fan-in 4096)
+    for conv, fan_in in ((big.scores, 64), (big.value, 4096)):
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.02)
+
+
 def test_gradients_reach_every_layer_parameter_and_not_the_teacher():
     model = _with_layer(alpha=1.0)
     teacher = build_model("resnet8", num_classes=10, input_shape=(3, 16, 16))  # NOT frozen: the term must detach
