@@ -211,7 +211,7 @@ def test_cutmix_batch_of_one_unchanged():
 def test_mixup_values(shape, lam_mode):
     n = 9
     x = torch.randn(n, *shape, generator=_gen(11))
-    vb = Mixup(Mixup.Params(lam=lam_mode, alpha=0.4))(_inp(x, 5))
+    vb = Mixup(Mixup.Params(lam=lam_mode, alpha=0.4, partner="derangement"))(_inp(x, 5))
     y_a, y_b, lam = vb.y_mix
     perm = y_b  # y = arange, so y[π] = π
     assert sorted(perm.tolist()) == list(range(n)) and all(int(perm[i]) != i for i in range(n))
@@ -223,6 +223,24 @@ def test_mixup_values(shape, lam_mode):
         assert bool((lam == lam[0]).all())
     else:
         assert len(set(lam.tolist())) == n
+
+
+def test_mixup_partner_is_the_authors_plain_permutation_by_default():
+    """The authors' mixup draws torch.randperm: over many batches of 8 some samples are their own partner
+    (expected 1 per batch), which a derangement never allows; the draw is randperm on the view's generator."""
+    assert Mixup.Params().partner == "permutation"
+    n, x = 8, torch.randn(8, 3, 4, 4)
+    g = _gen(21)
+    fixed = 0
+    for _ in range(200):
+        state = g.get_state()
+        perm = Mixup()(ViewInput(x=x, y=torch.arange(n), idx=torch.arange(n), gen=g, teacher=None, student=None,
+                                 lo=torch.tensor(-9.0), hi=torch.tensor(9.0))).y_mix[1]
+        g2 = torch.Generator().set_state(state)
+        torch.rand(1, generator=g2, dtype=torch.float64)  # λ (alpha = 1: one uniform draw per batch)
+        assert torch.equal(perm, torch.randperm(n, generator=g2))
+        fixed += int((perm == torch.arange(n)).sum())
+    assert 100 < fixed < 300  # ~200 expected (one per batch)
 
 
 # ----------------------------------------------------------------------------------------------- cutout

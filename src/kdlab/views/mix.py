@@ -11,8 +11,10 @@ Conventions shared by every view here:
 * Randomness comes only from ``inp.gen``. Numbers are drawn on the generator's device (the CPU in the engine)
   and moved to ``x.device``. Beta variates are drawn by numpy from a seed taken from ``inp.gen`` (torch's Beta
   sampler takes no generator), so a seeded generator still fixes everything.
-* Partners are a random *derangement* ``π`` (no sample is mixed with itself; the authors' CutMix draws one by
-  rejection, as we do). A batch of one has no derangement: mixup/CutMix then return ``x`` unchanged with λ = 1.
+* CutMix partners are a random *derangement* ``π`` (no sample is mixed with itself; the authors' CutMix draws
+  one by rejection, as we do). mixup's partner is a plain random permutation by default, as the authors' mixup
+  (``partner: permutation``: about one sample in B stays unmixed), or a derangement (``partner: derangement``).
+  A batch of one has no partner: mixup/CutMix then return ``x`` unchanged with λ = 1.
 * ``y_mix = (y, y[π], λ)`` with λ per sample, the weight of ``y``; for CutMix it is the area-corrected
   ``1 − box_area/(H·W)`` (``1 − seg_len/L`` for signals).
 * ``lam: batch`` draws one λ (and, for CutMix, one box) for the whole batch, as the papers do; ``lam: sample``
@@ -37,7 +39,7 @@ from kdlab.views.extra import ExtraParams, ExtraView, ViewBatch, ViewInput
 _WANG = "Wang et al., Knowledge Distillation Thrives on Data Augmentation, arXiv 2012.02909 / NeurIPS 2022"
 
 __all__ = [
-    "CutMix", "CutMixPick", "Cutout", "Mixup", "beta", "box_mask", "cut_sides", "cutmix_batch", "derangement",
+    "CutMix", "CutMixPick", "Cutout", "Mixup", "MixupParams", "beta", "box_mask", "cut_sides", "cutmix_batch", "derangement",
     "entropy", "rand_box",
 ]
 
@@ -167,13 +169,20 @@ class MixParams(ExtraParams):
     lam: Literal["batch", "sample"] = "batch"  # one λ per batch (the papers) or one per sample
 
 
-@VIEWS.register("mixup", description="mixup x' = λx + (1−λ)x[π] with a derangement partner (TLmixup)",
+class MixupParams(MixParams):
+    # permutation: torch.randperm as the authors' mixup (and Zhang et al.'s code) - a sample can be its own
+    # partner (~1 in B stays clean); derangement: never (our earlier default, kept as an option)
+    partner: Literal["permutation", "derangement"] = "permutation"
+
+
+@VIEWS.register("mixup", description="mixup x' = λx + (1−λ)x[π], π a random permutation (TLmixup) or derangement",
                 paper="Zhang et al., mixup, ICLR 2018; " + _WANG)
 class Mixup(ExtraView):
     """mixup: ``x' = λ·x + (1−λ)·x[π]``, λ ~ Beta(alpha, alpha) once per batch (or per sample), π a random
-    derangement. ``y_mix = (y, y[π], λ)``. A batch of one is returned unchanged (λ = 1)."""
+    permutation (``partner: permutation``, the authors') or derangement. ``y_mix = (y, y[π], λ)``. A batch of
+    one is returned unchanged (λ = 1)."""
 
-    Params = MixParams
+    Params = MixupParams
 
     def __call__(self, inp: ViewInput) -> ViewBatch:
         x = inp.x
@@ -183,7 +192,10 @@ class Mixup(ExtraView):
             return ViewBatch(x=x, idx=inp.idx, y=inp.y, y_mix=(inp.y, inp.y, lam), stats={"lam": 1.0})
         draws = 1 if self.p.lam == "batch" else n
         lam = _per_sample(beta(self.p.alpha, draws, inp.gen), n, self.p.lam).float().to(x.device)
-        perm = derangement(n, inp.gen).to(x.device)
+        if self.p.partner == "derangement":
+            perm = derangement(n, inp.gen).to(x.device)
+        else:
+            perm = torch.randperm(n, generator=inp.gen, device=_gen_device(inp.gen)).to(x.device)
         w = lam.to(x.dtype).reshape(n, *([1] * (x.dim() - 1)))
         out = w * x + (1 - w) * x[perm]
         return ViewBatch(x=out, idx=inp.idx, y=inp.y, y_mix=(inp.y, inp.y[perm.to(inp.y.device)], lam),
