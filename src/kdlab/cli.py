@@ -48,10 +48,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out={args.out}")
     base = load_recipe(files, overrides)
+    existing = "overwrite" if args.force else "resume"
+    if args.together:
+        from kdlab.engine.progress import silenced
+        from kdlab.engine.together import run_together
+
+        recipes = [base.model_copy(update={"seed": seed}) for seed in args.seeds or [base.seed]]
+        with silenced():  # several seeds at once: one line per finished seed instead of bars
+            for r, s in zip(recipes, run_together(recipes, existing=existing, wait=args.wait, quiet=True)):
+                print(f"{r.name} seed {r.seed}: top-1 last {100 * s['final'].get('test/top1', float('nan')):.2f} "
+                      f"({s['wall_s']:.1f} s) -> {r.run_dir()}")
+        return 0
     for seed in args.seeds or [base.seed]:
         recipe = base.model_copy(update={"seed": seed})
         current_run(recipe.run_dir())
-        run_recipe(recipe, existing="overwrite" if args.force else "resume", wait=args.wait)
+        run_recipe(recipe, existing=existing, wait=args.wait)
     return 0
 
 
@@ -216,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recipe files (.yaml/.yml/.toml, merged left to right, e.g. a pair file then a method "
                         "file), then key.path=value overrides, e.g. optim.lr=0.1 objective.kd.tau=2")
     r.add_argument("--seeds", type=_seeds, help="seeds to run, e.g. 0,1,2 or 0-4 (default: the recipe's seed)")
+    r.add_argument("--together", action="store_true", help="train the seeds side by side in this process, one "
+                   "step each in turn (small students on one GPU); each run folder is what a single run writes")
     r.add_argument("--out", help="parent folder of run folders (overrides the recipe's `out`)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     r.add_argument("--force", action="store_true", help="start over even if the run folder holds a run "
