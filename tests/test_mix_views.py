@@ -251,7 +251,7 @@ def test_mixup_partner_is_the_authors_plain_permutation_by_default():
 def test_cutout_zero_box_labels_kept(shape, params, side):
     n = 64
     x = torch.rand(n, *shape, generator=_gen(2)) + 1.0  # no zero anywhere
-    vb = Cutout(Cutout.Params(**params))(_inp(x, 4))
+    vb = Cutout(Cutout.Params(**params, per="sample"))(_inp(x, 4))
     assert vb.y_mix is None and torch.equal(vb.y, torch.arange(n)) and vb.teacher is None
     zero = vb.x == 0
     assert torch.equal(vb.x[~zero], x[~zero])
@@ -265,6 +265,18 @@ def test_cutout_zero_box_labels_kept(shape, params, side):
         coords = spatial[i].nonzero()
         span = (coords.max(0).values - coords.min(0).values + 1).prod()
         assert int(span) == int(counts[i])
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 12), (1, 40)])
+def test_cutout_default_cuts_one_hole_per_batch(shape):
+    """Wang et al.'s KD+Cutout and T. stddev rows cut one hole per batch: every sample loses the same box."""
+    assert Cutout.Params().per == "batch"
+    n = 16
+    x = torch.rand(n, *shape, generator=_gen(3)) + 1.0
+    holes = {tuple(Cutout()(_inp(x, seed)).x[:, 0].eq(0).flatten(1).unique(dim=0).shape) for seed in range(6)}
+    assert holes == {(1, math.prod(shape[1:]))}  # one distinct mask row per batch
+    masks = [Cutout()(_inp(x, seed)).x[0, 0].eq(0) for seed in range(6)]
+    assert len({tuple(m.flatten().tolist()) for m in masks}) > 1  # the position is random across batches
 
 
 # ----------------------------------------------------------------------------------------------- pick

@@ -223,6 +223,9 @@ class CutoutParams(ExtraParams):
     # (DeVries & Taylor: 16 px on CIFAR-10 = 0.5, 8 px on CIFAR-100 = 0.25, 20 px on SVHN)
     size: int | None = Field(None, ge=1)
     ratio: float | None = Field(None, gt=0, le=1)
+    # batch: one hole (one centre) for the whole batch, as the authors' KD+Cutout and T. stddev rows (Wang et al.)
+    # were produced; sample: one hole per sample, as DeVries & Taylor's Cutout (a per-image transform)
+    per: Literal["batch", "sample"] = "batch"
 
     @model_validator(mode="after")
     def _one_of(self) -> "CutoutParams":
@@ -231,12 +234,14 @@ class CutoutParams(ExtraParams):
         return self
 
 
-@VIEWS.register("cutout", description="Cutout: zero a random square per sample (label-preserving extra view)",
-                paper="DeVries & Taylor, Improved Regularization of CNNs with Cutout, arXiv 1708.04552, 2017")
+@VIEWS.register("cutout", description="Cutout: zero a random square, one per batch (Wang et al.'s rows) or per sample",
+                paper="DeVries & Taylor, Improved Regularization of CNNs with Cutout, arXiv 1708.04552, 2017; " + _WANG)
 class Cutout(ExtraView):
-    """Cutout: per sample, a square of side ``size`` (or ``ratio``·side; a segment for signals) at a uniform
-    centre, clipped at the border, is set to 0. The batch is normalised, so 0 is the dataset's mean pixel —
-    as in the reference code, which applies Cutout after normalisation. Labels are unchanged (``y_mix`` None)."""
+    """Cutout: a square of side ``size`` (or ``ratio``·side; a segment for signals) at a uniform centre, clipped
+    at the border, is set to 0 — one square for the whole batch (``per: batch``, default: what reproduces the
+    KD+Cutout and T. stddev rows of Wang et al.) or one per sample (``per: sample``, DeVries & Taylor's per-image
+    Cutout). The batch is normalised, so 0 is the dataset's mean pixel — as in the reference code, which applies
+    Cutout after normalisation. Labels are unchanged (``y_mix`` None)."""
 
     Params = CutoutParams
 
@@ -249,8 +254,9 @@ class Cutout(ExtraView):
         else:
             ratio = self.p.ratio if self.p.ratio is not None else 0.25
             side = [max(1, int(round(ratio * s))) for s in spatial]
-        sides = torch.tensor(side, dtype=torch.long).expand(n, len(spatial))
-        boxes = rand_box(spatial, sides, inp.gen)
+        draws = 1 if self.p.per == "batch" else n
+        sides = torch.tensor(side, dtype=torch.long).expand(draws, len(spatial))
+        boxes = _per_sample(rand_box(spatial, sides, inp.gen), n, self.p.per)
         mask = box_mask(spatial, boxes, x.device)
         out = x.masked_fill(mask, 0.0)
         share = (boxes[:, :, 1] - boxes[:, :, 0]).prod(dim=1).double() / math.prod(spatial)
