@@ -27,6 +27,7 @@ import yaml
 
 from kdlab.engine import distributed as dist
 from kdlab.engine.checkpoint import atomic_write, fit_weights, read_json, read_weights, remove_stale_tmp
+from kdlab.engine.devices import pick_device
 from kdlab.engine.lock import folder_lock
 from kdlab.engine.trainer import CHECKPOINT, Trainer, load_checkpoint
 from kdlab.errors import KDLabError
@@ -35,18 +36,6 @@ from kdlab.teacher import Teacher
 from kdlab.teachers.load import build_teachers
 
 Existing = Literal["resume", "error", "overwrite", "skip"]
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise KDLabError(f"train.device: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise KDLabError("train.device: cuda requested but no CUDA device is available (use auto or cpu)")
-    return dev
 
 
 def set_threads(threads: int | None) -> None:
