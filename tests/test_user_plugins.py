@@ -134,6 +134,18 @@ def test_paths_starting_with_dot_resolve_relative_to_their_file(tmp_path, monkey
     assert data["data"] == {"name": "digits"}  # base merged from ../base.yaml
 
 
+def test_dot_paths_from_overrides_mean_the_working_directory_and_survive_a_reload(tmp_path, monkeypatch):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "r.yaml").write_text("student: {name: mlp, weights: ./in_p.pt}\n")
+    monkeypatch.chdir(tmp_path)
+    r = load_recipe("p/r.yaml", ["teacher={model: mlp, checkpoint: ./t.pt}"])
+    assert r.student.weights == str(tmp_path.resolve() / "p" / "in_p.pt")
+    assert r.teacher.checkpoint == str(tmp_path.resolve() / "t.pt")  # an override: the working directory
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text(__import__("yaml").safe_dump(r.to_dict()))
+    assert load_recipe(tmp_path / "run" / "recipe.yaml").to_dict() == r.to_dict()  # as run_recipe compares
+
+
 def test_shipped_recipes_work_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = load_recipe([REPO / "recipes/digits/pair.yaml", REPO / "recipes/methods/kd.yaml"])

@@ -641,7 +641,9 @@ def load_recipe(source: str | Path | dict[str, Any] | list[str | Path], override
         data, name = merge_files(source), " + ".join(str(f) for f in source)
     else:
         data, name = read_file(source), str(source)
-    return validate(apply_overrides(data, overrides or []), name)
+    # ./ values left now came from overrides or a dict (files resolved theirs): the working directory's. Made
+    # absolute here, so the saved recipe.yaml never holds a ./ that would later mean the run folder.
+    return validate(resolve_relative(apply_overrides(data, overrides or []), Path.cwd()), name)
 
 
 RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
