@@ -95,3 +95,45 @@ def test_t_stddev_is_zero_for_a_constant_view_and_positive_for_real_data(tmp_pat
     assert out["by_source"]["_test_const"] < 1e-6
     assert out["by_source"]["clean"] > 1e-4
     assert out["groups"] == (2 * 6) // 2  # 1,297 samples / 256 per batch = 6 batches per epoch
+
+
+class ProbeParams(ExtraParams):
+    pass
+
+
+@VIEWS.register("_test_student_probe", description="test-only: records the student's fc bias, returns x")
+class StudentProbe(ExtraView):
+    Params = ProbeParams
+    uses_student = True
+    seen: list = []
+
+    def __call__(self, inp):
+        StudentProbe.seen.append(inp.student.fc.bias.detach().clone())
+        return ViewBatch(x=inp.x, idx=inp.idx, y=inp.y)
+
+
+def test_t_stddev_of_a_student_scored_view_needs_and_uses_trained_student_weights(tmp_path):
+    """Wang et al. score CutMixPick with a trained student: without --student the diagnosis is refused in one
+    line; a weights file or a run folder (its student.safetensors) is what the view then sees."""
+    import pytest
+    from safetensors.torch import save_file
+
+    from kdlab.engine.diagnose import t_stddev
+    from kdlab.errors import KDLabError
+    from kdlab.models import build_model
+
+    pick = load_recipe({**recipe(tmp_path).to_dict(), "views": [{"name": "cutmix_pick", "criterion": "kl"}]})
+    with pytest.raises(KDLabError, match="'cutmix_pick' scores its candidates with the student.*--student"):
+        t_stddev(pick, epochs=1, group=1)
+    r = load_recipe({**recipe(tmp_path).to_dict(), "views": ["_test_student_probe"]})
+    trained = build_model("smallcnn", num_classes=10, input_shape=(1, 8, 8), width=0.25).state_dict()
+    trained["fc.bias"] = torch.arange(10, dtype=torch.float32)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(trained, str(run / "student.safetensors"))
+    for source in (run / "student.safetensors", run):
+        StudentProbe.seen = []
+        t_stddev(r, epochs=1, group=2, student=source)
+        assert StudentProbe.seen and all(torch.equal(b, torch.arange(10.0)) for b in StudentProbe.seen)
+    with pytest.raises(KDLabError, match="--student"):
+        t_stddev(r, epochs=1, group=2, student=tmp_path / "missing")

@@ -150,7 +150,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from kdlab.recipe import load_recipe
 
     files, overrides = _files_and_overrides(args.recipe, "kdlab diagnose needs at least one RECIPE file")
-    out = t_stddev(load_recipe(files, overrides), epochs=args.epochs, group=args.group)
+    out = t_stddev(load_recipe(files, overrides), epochs=args.epochs, group=args.group, student=args.student)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("recipe", nargs="+", metavar="RECIPE|KEY=VALUE")
     dg.add_argument("--epochs", type=int, default=10, help="passes over the training set (default 10)")
     dg.add_argument("--group", type=int, default=5, help="batches per group mean (default 5)")
+    dg.add_argument("--student", metavar="RUN_OR_WEIGHTS",
+                    help="trained student (a run folder or a weights file) for views that score with the student")
     dg.set_defaults(fn=cmd_diagnose)
 
     c = sub.add_parser("cache", help="build a teacher's soft-label cache once (kdlab cache build RECIPE...), "

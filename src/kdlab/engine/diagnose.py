@@ -5,23 +5,45 @@ run the teacher over the training set with the recipe's views for a few epochs; 
 average the teacher's probability vectors of the samples seen in that group (clean and augmented); the
 score is the mean over classes of the standard deviation of these group means. Lower is claimed to predict
 a lower student test loss. We also report it per source (clean batch only, each extra view only).
+
+A view that scores candidates with the student (CutMixPick by ``student_entropy`` or ``kl``: its
+``uses_student``) needs the trained student the authors load: ``student=`` a run folder (its final
+``student.safetensors``) or a weights file; without it the diagnosis is refused, since a freshly initialised
+student would pick by noise.
 """
 
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from kdlab.errors import KDLabError
 from kdlab.recipe import Recipe
 
 
+def load_student_weights(student: nn.Module, source: str | Path) -> None:
+    """Trained weights into ``student``: a run folder (its final ``student.safetensors``) or a weights file."""
+    from kdlab.engine.checkpoint import fit_weights, read_weights
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "student.safetensors"
+        if not path.exists():
+            raise KDLabError(f"--student {source}: no student.safetensors in that folder; give a finished run "
+                             "folder or a weights file")
+    elif not path.exists():
+        raise KDLabError(f"--student {source}: no such run folder or weights file")
+    fit_weights(student, read_weights(path), f"--student {source}")
+
+
 @torch.no_grad()
-def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5) -> dict[str, Any]:
+def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5, student: str | Path | None = None) -> dict[str, Any]:
     from kdlab.engine.run import build_data, build_model_for, load_teacher, pick_device, set_threads
     from kdlab.engine.trainer import Trainer, epoch_seed
-    from kdlab.errors import KDLabError
     from kdlab.views.extra import ViewInput
 
     if not recipe.teachers:
@@ -30,11 +52,18 @@ def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5) -> dict[str, A
     device = pick_device(recipe.train.device)
     ds = build_data(recipe)
     torch.manual_seed(recipe.seed)
+    weights = student
     student = build_model_for(recipe.student, ds)
+    if weights is not None:
+        load_student_weights(student, weights)
     teacher = load_teacher(recipe.teachers[0], ds)
     quiet = recipe.model_copy(update={"train": recipe.train.model_copy(update={"tensorboard": False})})
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(quiet, tmp, ds, [student], [teacher], device)
+        scored = [name for name, view in tr.extra_views if getattr(view, "uses_student", False)]
+        if scored and weights is None:
+            raise KDLabError(f"T. stddev: view {scored[0]!r} scores its candidates with the student; pass the trained "
+                             "student with --student RUN_DIR_OR_WEIGHTS (a fresh student would pick by noise)")
         sources = ["clean"] + [v.name for v in recipe.views]
         means: dict[str, list[torch.Tensor]] = {s: [] for s in ["all", *sources]}
         acc: dict[str, list[torch.Tensor]] = {s: [] for s in means}

@@ -301,6 +301,11 @@ class CutMixPick(ExtraView):
 
     Params = PickParams
 
+    @property
+    def uses_student(self) -> bool:
+        """The student scores the pool (``student_entropy``, ``kl``): ``kdlab diagnose`` then needs its weights."""
+        return self.p.criterion in ("student_entropy", "kl")
+
     def pool(self, inp: ViewInput) -> ViewBatch:
         """The m·B candidates (idx, y, y_mix per candidate), in draw order."""
         cut = CutMix(MixParams(alpha=self.p.alpha, lam=self.p.lam))
