@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,12 +131,16 @@ def folder_lock(folder: str | Path, *, wait: bool = False, what: str = "run fold
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        waited = False
         while True:
             ok, fd = _acquire_once(path)
             if ok:
                 break
             if not wait:
                 raise KDLabError(f"{what} {folder} is in use by {describe(holder(folder))}; {hint}")
+            if not waited:  # say once why nothing happens
+                print(f"kdlab: waiting for {what} {folder} (in use by {describe(holder(folder))})", file=sys.stderr)
+                waited = True
             time.sleep(POLL_S)
     except OSError as e:  # read-only or foreign folder
         raise KDLabError(f"{what} {folder}: cannot create its lock file {path} ({e.strerror}); "
