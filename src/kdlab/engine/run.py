@@ -32,8 +32,7 @@ from kdlab.engine.lock import folder_lock
 from kdlab.engine.trainer import CHECKPOINT, Trainer, load_checkpoint
 from kdlab.errors import KDLabError
 from kdlab.recipe import ModelSpec, Recipe, TeacherSpec, load_recipe
-from kdlab.teacher import Teacher
-from kdlab.teachers.load import build_teachers
+from kdlab.teachers.load import build_teachers, load_teacher  # load_teacher: kdlab.engine.run.load_teacher stays
 
 Existing = Literal["resume", "error", "overwrite", "skip"]
 
@@ -61,34 +60,6 @@ def build_model_for(spec: ModelSpec, dataset: Any) -> torch.nn.Module:
     if spec.insert:
         insert_layers(model, spec.insert, input_shape=tuple(dataset.input_shape), num_classes=dataset.num_classes)
     return model
-
-
-def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quiet: bool = True) -> Teacher:
-    """A frozen teacher from a run folder (trained first from ``spec.recipe`` if it is not finished yet),
-    or from a model spec with an optional checkpoint (a factory model brings its own weights)."""
-    if spec.run is not None:
-        run = Path(spec.run)
-        if not (run / "summary.json").exists():
-            if spec.recipe is None:
-                raise KDLabError(f"teacher run {run} has no finished training (no summary.json); "
-                                 "train it with `kdlab run` or give `teacher.recipe:` to train it here")
-            # under the teacher folder's lock: students waiting on one untrained teacher train it once
-            with folder_lock(run, wait=True, what="teacher run"):
-                if not (run / "summary.json").exists():
-                    run_recipe(load_recipe(spec.recipe), run_dir=run, existing="resume", quiet=quiet, wait=True)
-        trec = load_recipe(run / "recipe.yaml")
-        model = build_model_for(trec.student, dataset)
-        path = run / ("best.safetensors" if spec.weights == "best" else "student.safetensors")
-        try:  # one-line errors: truncated, pickled, wrong width
-            fit_weights(model, read_weights(path), path)
-        except KDLabError as e:
-            raise KDLabError(f"teacher run {run}: {e}; `kdlab run <its recipe> --force` retrains it") from None
-    else:
-        assert spec.model is not None
-        model = build_model_for(spec.model, dataset)
-        if spec.checkpoint is not None:
-            fit_weights(model, read_weights(spec.checkpoint), f"teacher.checkpoint {spec.checkpoint}")
-    return Teacher(model, list(spec.taps), name=name)
 
 
 def build_data(recipe: Recipe, run_dir: Path | None = None) -> Any:

@@ -1,5 +1,5 @@
-"""Teachers for a recipe: the live frozen module (from a run folder, a model + checkpoint, or a factory; see
-``kdlab.engine.run.load_teacher``) and, when the recipe says ``cache:``, the soft-label cache in front of it.
+"""Teachers for a recipe: the live frozen module (``load_teacher``: from a run folder, a model + checkpoint, or a
+factory) and, when the recipe says ``cache:``, the soft-label cache in front of it.
 
 ``cache: auto`` builds the cache on first use (next to the teacher's run folder, or under ``$KDLAB_CACHE`` /
 ``~/.cache/kdlab/teacher-cache`` for a model/checkpoint teacher) and reuses it; its folder name is a
@@ -76,11 +76,42 @@ def ensure_cache(recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeac
     return path
 
 
+def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quiet: bool = True) -> LiveTeacher:
+    """A frozen teacher from a run folder (trained first from ``spec.recipe`` if it is not finished yet),
+    or from a model spec with an optional checkpoint (a factory model brings its own weights)."""
+    from kdlab.engine.checkpoint import fit_weights, read_weights
+    from kdlab.engine.lock import folder_lock
+    from kdlab.engine.run import build_model_for, run_recipe  # the driver trains an unfinished teacher run
+    from kdlab.recipe import load_recipe
+
+    if spec.run is not None:
+        run = Path(spec.run)
+        if not (run / "summary.json").exists():
+            if spec.recipe is None:
+                raise KDLabError(f"teacher run {run} has no finished training (no summary.json); "
+                                 "train it with `kdlab run` or give `teacher.recipe:` to train it here")
+            # under the teacher folder's lock: students waiting on one untrained teacher train it once
+            with folder_lock(run, wait=True, what="teacher run"):
+                if not (run / "summary.json").exists():
+                    run_recipe(load_recipe(spec.recipe), run_dir=run, existing="resume", quiet=quiet, wait=True)
+        trec = load_recipe(run / "recipe.yaml")
+        model = build_model_for(trec.student, dataset)
+        path = run / ("best.safetensors" if spec.weights == "best" else "student.safetensors")
+        try:  # one-line errors: truncated, pickled, wrong width
+            fit_weights(model, read_weights(path), path)
+        except KDLabError as e:
+            raise KDLabError(f"teacher run {run}: {e}; `kdlab run <its recipe> --force` retrains it") from None
+    else:
+        assert spec.model is not None
+        model = build_model_for(spec.model, dataset)
+        if spec.checkpoint is not None:
+            fit_weights(model, read_weights(spec.checkpoint), f"teacher.checkpoint {spec.checkpoint}")
+    return LiveTeacher(model, list(spec.taps), name=name)
+
+
 def live_teacher(recipe: Recipe, spec: TeacherSpec, dataset: Any, name: str, quiet: bool = True) -> LiveTeacher:
     """The live teacher of ``spec``. A model teacher without a checkpoint is initialised from the recipe's seed
     alone (not from wherever the global RNG stands), so ``kdlab cache build`` and ``kdlab run`` agree."""
-    from kdlab.engine.run import load_teacher
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed + 7_919)
         return load_teacher(spec, dataset, name=name, quiet=quiet)
