@@ -231,3 +231,31 @@ def test_cache_spec_reads_a_path_or_auto():
     assert CacheSpec.model_validate("some/dir").path == "some/dir"
     with pytest.raises(Exception, match="views"):
         CacheSpec.model_validate({"views": 0})
+
+
+def _token_data():
+    from kdlab.data.base import Dataset, Split
+    from kdlab.registry import DATASETS
+
+    if "test_tokens" not in DATASETS:
+        @DATASETS.register("test_tokens")
+        def _tokens() -> Dataset:
+            g = torch.Generator().manual_seed(0)
+            x = torch.randint(2, 50, (200, 12), generator=g)
+            y = (x[:, 0] > 25).long()
+            return Dataset("test_tokens", Split(x[:150], y[:150]), Split(x[150:], y[150:]), 2, (), ())
+
+
+def test_token_id_inputs_are_cached_unchanged(tmp_path):
+    """Text: integer inputs are neither cast nor augmented; the cached run equals the live one (fp32)."""
+    _token_data()
+    model = {"name": "bag_of_embeddings", "kwargs": {"vocab_size": 50, "pad_id": 0}}
+    base = {"name": "kd", "out": str(tmp_path), "seed": 0, "data": {"name": "test_tokens", "batch_size": 32},
+            "student": model, "objective": {"ce": {"weight": 0.1}, "kd": {}},
+            "schedule": {"epochs": 2, "milestones": []}, "train": {"tensorboard": False}}
+    live = load_recipe({**base, "out": str(tmp_path / "live"), "teacher": {"model": model}})
+    cached = load_recipe({**base, "out": str(tmp_path / "cached"),
+                          "teacher": {"model": model, "cache": {"dtype": "fp32"}}})
+    run_recipe(live, quiet=True)
+    run_recipe(cached, quiet=True)
+    assert same(weights(tmp_path / "live" / "kd" / "seed0"), weights(tmp_path / "cached" / "kd" / "seed0"))

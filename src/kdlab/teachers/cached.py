@@ -316,14 +316,14 @@ def build(path: str | Path, *, teacher: Any, dataset: Any, pipeline: Any, spec: 
     else:
         k = int(spec.views)
         gen = torch.Generator().manual_seed(spec.seed)
-        probe = dataset.train.x[:1].float()
+        probe = _raw(dataset.train.x[:1])
         table = torch.stack([torch.cat([pv.draw(probe.expand(n, *probe.shape[1:]), gen) for pv in pipeline.views], 1)
                              for _ in range(k)], 1)  # N×K×k
         mode, rows, v = "sampled", None, k
         _save_npy(path / "params.npy", table.numpy().astype(np.int16))
     if rows is not None:
         _save_npy(path / "views.npy", rows.numpy().astype(np.int16))
-    probe_out = teacher(pipeline.prepare(dataset.train.x[:2].float().to(device)))
+    probe_out = teacher(pipeline.prepare(_raw(dataset.train.x[:2]).to(device)))
     feat_shapes = {t: tuple(probe_out.feats[t].shape[1:]) for t in taps}
     sizes = cache_size(n, v, c, spec, feat_shapes)
     show(f"teacher cache {path}: {n} samples × {v} views ({mode}) × {c} classes, {spec.dtype}"
@@ -371,6 +371,11 @@ def build(path: str | Path, *, teacher: Any, dataset: Any, pipeline: Any, spec: 
             "bytes": sum(sizes.values())}
     atomic_write(path / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return path
+
+
+def _raw(x: torch.Tensor) -> torch.Tensor:
+    """A slice of a split as the loader yields it: floating inputs as float32, token ids unchanged."""
+    return x.float() if x.is_floating_point() else x
 
 
 def _store(out: dict[str, np.ndarray], res: TeacherOutput, local: np.ndarray, j: int, size: int, v: int, c: int,
