@@ -99,3 +99,30 @@ def test_two_processes_on_one_untrained_teacher_train_it_once(tmp_path, monkeypa
     assert _epochs(teacher) == [1, 2]
     assert _epochs(tmp_path / "runs" / "kd" / "seed0") == [1]
     assert _epochs(tmp_path / "runs" / "kd2" / "seed0") == [1]
+
+
+def test_without_flock_a_dead_holders_lock_is_stale(tmp_path, monkeypatch):
+    """Where flock is unsupported (some network file systems) the lock is an exclusive-create file: one whose
+    pid is dead on this host is stale and taken over; a live holder is named."""
+    import errno
+    import socket
+
+    import kdlab.engine.lock as lock
+
+    def no_flock(path):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock, "_try_flock", no_flock)
+    run = tmp_path / "runs" / "kd" / "seed0"
+    lockfile = lock_path(run).with_suffix(".lockfile")
+    lockfile.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lockfile.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": 0}))
+    with folder_lock(run):
+        assert holder(run)["pid"] == os.getpid()
+    assert not lockfile.exists()  # released
+    lockfile.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "since": 0}))
+    with pytest.raises(KDLabError, match=f"in use by pid {os.getppid()} on {socket.gethostname()}"):
+        with folder_lock(run):
+            pass
