@@ -155,6 +155,8 @@ def test_eval_on_the_runs_data_and_on_a_named_dataset(trained, tmp_path, capsys)
     (["predict", "RUN", "T.txt"], "does not take text"),
     (["export", "RUN", "--out", "x.bin", "--format", "tflite"], "--format 'tflite' is not known"),
     (["predict", "nowhere", "x.npy"], "nowhere not found"),
+    pytest.param(["eval", "RUN", "--device", "cuda"], "--device: cuda requested but no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])
 def test_use_errors_are_one_line(trained, tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -189,7 +189,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from kdlab.predict import predict, rows_csv, write_predictions
 
-    result = predict(args.student, args.inputs, top_k=args.top_k, weights=args.weights)
+    result = predict(args.student, args.inputs, top_k=args.top_k, weights=args.weights, device=args.device)
     if args.out:
         print(f"wrote {len(result['rows'])} predictions to {write_predictions(result, args.out)}", file=sys.stderr)
     else:
@@ -204,7 +204,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from kdlab.predict import evaluate
 
-    metrics = evaluate(args.run, args.data, args.overrides, split=args.split, weights=args.weights)
+    metrics = evaluate(args.run, args.data, args.overrides, split=args.split, weights=args.weights,
+                       device=args.device)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -297,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=int, default=1, help="classes per input (default 1)")
     pr.add_argument("--out", help="write .csv or .json instead of printing CSV")
     pr.add_argument("--weights", choices=["final", "best"], default="final", help="for a run folder")
+    pr.add_argument("--device", default="cpu", help="cpu (default), cuda or auto (PyTorch students)")
     pr.set_defaults(fn=cmd_predict)
 
     ev = sub.add_parser("eval", help="metrics of a run's student on a dataset (the run's normalisation)")
@@ -306,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a dataset name or a recipe file whose `data:` is used (default: the run's own data)")
     ev.add_argument("--split", default="test", choices=["test", "train", "val"])
     ev.add_argument("--weights", choices=["final", "best"], default="final")
+    ev.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
     ev.set_defaults(fn=cmd_eval)
     rc = sub.add_parser("recipes", help="copy the shipped recipes (pairs, methods, studies) to a folder")
     rc.add_argument("path", help="destination folder (created)")

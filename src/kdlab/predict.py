@@ -55,18 +55,24 @@ def _onnx_record(path: Path) -> dict[str, Any]:
     return json.loads(meta["kdlab.preprocess"])
 
 
-def load_student(source: str | Path, weights: str = "final") -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
-    """(callable student, preprocessing record) from a run folder, a ``.safetensors`` export or an ``.onnx``."""
+def load_student(source: str | Path, weights: str = "final",
+                 device: str = "cpu") -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+    """(callable student, preprocessing record) from a run folder, a ``.safetensors`` export or an ``.onnx``
+    (ONNX Runtime on the CPU). ``device``: cpu, cuda or auto, for PyTorch students."""
+    from kdlab.engine.run import pick_device
     from kdlab.export import load_exported_with_record, load_run_student
 
     p = Path(source)
-    if p.is_dir():
-        return load_run_student(p, weights)
     if not p.exists():
         raise KDLabError(f"{p} not found: give a run folder, an exported .safetensors or an .onnx file")
     if p.suffix == ".onnx":
         return OnnxStudent(p), _onnx_record(p)
-    return load_exported_with_record(p)
+    try:
+        dev = pick_device(device)
+    except KDLabError as e:
+        raise KDLabError(str(e).replace("train.device", "--device")) from None
+    model, record = load_run_student(p, weights) if p.is_dir() else load_exported_with_record(p)
+    return model.to(dev), record
 
 
 # -------------------------------------------------------------------------------------------------- inputs
@@ -194,15 +200,17 @@ def normalise(x: torch.Tensor, record: dict[str, Any]) -> torch.Tensor:
 @torch.no_grad()
 def logits_of(student: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, record: dict[str, Any],
               batch_size: int = 256) -> torch.Tensor:
-    outs = [student(normalise(x[i:i + batch_size], record)).float().cpu() for i in range(0, len(x), batch_size)]
+    device = next(iter(student.parameters())).device if isinstance(student, torch.nn.Module) else torch.device("cpu")
+    outs = [student(normalise(x[i:i + batch_size].to(device), record)).float().cpu()
+            for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.zeros(0, int(record["num_classes"]))
 
 
 def predict(source: str | Path, inputs: list[str | Path], *, top_k: int = 1, weights: str = "final",
-            batch_size: int = 256) -> dict[str, Any]:
+            batch_size: int = 256, device: str = "cpu") -> dict[str, Any]:
     """Predictions for every input row: ``{"rows": [...], "accuracy": {file: top-1}}`` (accuracy only for
     ``.npz`` files that hold labels ``y``)."""
-    student, record = load_student(source, weights)
+    student, record = load_student(source, weights, device)
     classes = record["classes"]
     k = max(1, min(top_k, int(record["num_classes"])))
     rows: list[dict[str, Any]] = []
@@ -264,7 +272,8 @@ def eval_recipe(data: str | None, overrides: list[str], run_dir: Path, record: d
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, overrides: list[str] | None = None, *,
-             split: str = "test", weights: str = "final", batch_size: int = 1000) -> dict[str, float]:
+             split: str = "test", weights: str = "final", batch_size: int = 1000,
+             device: str = "auto") -> dict[str, float]:
     """Held-out metrics (top-1/top-5, NLL, ECE) of a run's (or an export's) student on a dataset's ``split``, with
     the run's normalisation. ``data``: a dataset name or a recipe file whose ``data:`` is used (default: the
     run's own)."""
@@ -273,7 +282,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, overrides: list[str] 
     from kdlab.engine.run import build_data
 
     run_dir = Path(run_dir)
-    student, record = load_student(run_dir, weights)
+    student, record = load_student(run_dir, weights, device)
     ds = build_data(eval_recipe(data, overrides or [], run_dir, record))
     part = getattr(ds, split, None)
     if part is None:
