@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import kdlab.study as study_mod
+import kdlab.study.execute as study_execute
 from kdlab.errors import KDLabError
 from kdlab.study import load_study, plan_study, run_study, study_report
 
@@ -152,7 +152,7 @@ def test_ready_study_files_expand(name, teachers, students, methods):
 def test_killed_study_resumes_without_redoing_finished_runs(tmp_path, monkeypatch):
     out = tmp_path / "study"
     d = small_study(out)
-    real = study_mod.run_recipe
+    real = study_execute.run_recipe
     trained: list[str] = []
 
     def counting(recipe, *, run_dir, limit=None, **kw):
@@ -162,7 +162,7 @@ def test_killed_study_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
             trained.append(str(run_dir))
         return real(recipe, run_dir=run_dir, **kw)
 
-    monkeypatch.setattr(study_mod, "run_recipe", lambda r, **kw: counting(r, limit=5, **kw))
+    monkeypatch.setattr(study_execute, "run_recipe", lambda r, **kw: counting(r, limit=5, **kw))
     with pytest.raises(KDLabError, match="5 of 10 runs failed"):
         run_study(d, quiet=True)
     first = list(trained)
@@ -170,7 +170,7 @@ def test_killed_study_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
     mtimes = {p: (Path(p) / "summary.json").stat().st_mtime_ns for p in first}
 
     trained.clear()
-    monkeypatch.setattr(study_mod, "run_recipe", lambda r, **kw: counting(r, **kw))
+    monkeypatch.setattr(study_execute, "run_recipe", lambda r, **kw: counting(r, **kw))
     res = run_study(d, quiet=True)
     assert len(trained) == 5 and not set(trained) & set(first)
     assert res["trained"] == 5 and res["reused"] == 5 and res["failed"] == {}

@@ -11,18 +11,16 @@ import os
 import sys
 
 from kdlab.errors import KDLabError
+from kdlab.seeds import parse_seeds
 
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _seeds(text: str) -> list[int]:
     try:
-        if "-" in text and "," not in text:
-            lo, hi = text.split("-")
-            return list(range(int(lo), int(hi) + 1))
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must look like 0,1,2 or 0-4, got {text!r}") from None
+        return parse_seeds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _files_and_overrides(items: list[str], missing: str) -> tuple[list[str], list[str]]:

@@ -14,32 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from kdlab.errors import KDLabError, nearest
+from kdlab.errors import KDLabError
+from kdlab.schema import Strict  # re-exported: kdlab.recipe.Strict is public
+from kdlab.schema import format_error as _format_error
+from kdlab.schema import validate_params as _validate_params
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover  (Python 3.10: the same parser, from PyPI)
     import tomli as tomllib
-
-
-class Strict(BaseModel):
-    """Base for every recipe block: unknown keys are errors that name the nearest real field."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # lr=inf is a typo
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = set(cls.model_fields)
-            for key in data:
-                if key not in allowed:
-                    near = nearest(str(key), allowed, n=3)
-                    hint = f"did you mean {', '.join(map(repr, near))}? " if near else ""
-                    raise ValueError(f"unknown field {key!r}: {hint}allowed: {', '.join(sorted(allowed))}")
-        return data
 
 
 def _component(registry_name: str, raw: Any, name_key: str = "name") -> tuple[str, dict[str, Any]]:
@@ -50,13 +35,6 @@ def _component(registry_name: str, raw: Any, name_key: str = "name") -> tuple[st
         params = dict(raw)
         return str(params.pop(name_key)), params
     raise ValueError(f"expected a {registry_name} name or a mapping with a {name_key!r} key, got {raw!r}")
-
-
-def _validate_params(cls: type[BaseModel], params: dict[str, Any]) -> BaseModel:
-    try:
-        return cls.model_validate(params)
-    except ValidationError as e:
-        raise ValueError("; ".join(_format_error(err) for err in e.errors())) from None
 
 
 class InsertSpec(Strict):
@@ -288,7 +266,7 @@ class DataSpec(Strict):
     def _corruption(cls, v: Any) -> Any:
         if v is None:
             return None
-        from kdlab.data.corrupt import CorruptionSpec
+        from kdlab.data.corrupt import CorruptionSpec  # deferred: kdlab.data imports torch and every dataset
 
         return v if isinstance(v, CorruptionSpec) else _validate_params(CorruptionSpec, v)
 
@@ -493,15 +471,6 @@ def _plain(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-
-def _format_error(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
-    msg = err.get("msg", "")
-    msg = msg.removeprefix("Value error, ")
-    inp = err.get("input")
-    got = f" (got {inp!r})" if err.get("type") not in ("value_error", "missing") and not isinstance(inp, dict) else ""
-    return f"{loc}: {msg}{got}" if loc else f"{msg}{got}"
-
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``5e-1`` (an exponent without a dot) as a string; YAML 1.2 and every recipe mean a number."""

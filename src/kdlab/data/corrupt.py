@@ -55,7 +55,7 @@ from pydantic import Field, field_validator, model_validator
 
 from kdlab.data.base import Dataset, Split
 from kdlab.errors import KDLabError
-from kdlab.recipe import Strict
+from kdlab.schema import Strict
 
 # ------------------------------------------------------------------------------------------------ specs
 

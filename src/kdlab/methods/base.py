@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from kdlab.recipe import Strict
+from kdlab.schema import Strict
 
 if TYPE_CHECKING:
     from kdlab.teacher import Teacher, TeacherOutput

@@ -26,10 +26,21 @@ from kdlab.report.aggregate import (
     group,
     load_run,
     load_runs,
+    param_count,
     recipe_labels,
+    stat,
 )
 from kdlab.report.plots import plot_curves, plot_xy
-from kdlab.report.tables import csv_table, markdown_table, rich_table, runs_csv
+from kdlab.report.tables import (
+    csv_table,
+    csv_text,
+    fmt_signed,
+    fmt_stat,
+    markdown_grid,
+    markdown_table,
+    rich_table,
+    runs_csv,
+)
 
 __all__ = [
     "STATS",
@@ -38,18 +49,24 @@ __all__ = [
     "Stat",
     "aggregate",
     "csv_table",
+    "csv_text",
     "find_runs",
     "fingerprint",
+    "fmt_signed",
+    "fmt_stat",
     "gain_over",
     "group",
     "load_run",
     "load_runs",
+    "markdown_grid",
     "markdown_table",
+    "param_count",
     "plot_curves",
     "plot_xy",
     "recipe_labels",
     "rich_table",
     "runs_csv",
+    "stat",
     "write_report",
 ]
 

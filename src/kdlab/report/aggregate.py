@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from safetensors import safe_open
 
 from kdlab.errors import KDLabError
-
-SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
-RECIPE = "recipe.yaml"
+from kdlab.runfiles import FINAL_WEIGHTS, METRICS, RECIPE, SUMMARY
 
 # Row statistic key -> (section of summary.json, metric key). Order is the column order of tables.
 STATS: dict[str, tuple[str, str]] = {
@@ -321,3 +319,18 @@ def gain_over(rows: Sequence[Row], baseline_label: str) -> list[Row]:
                 gain[k] = s.mean - b.mean
         out.append(replace(r, baseline=baseline_label, gain=gain))
     return out
+
+
+def param_count(run_dir: str | Path) -> int | None:
+    """Parameters of a run's final weights, read from the file's headers (BatchNorm running statistics
+    excluded); None when the run has no weights."""
+    path = Path(run_dir) / FINAL_WEIGHTS
+    if not path.is_file():
+        return None
+    n = 0
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                continue
+            n += math.prod(f.get_slice(k).get_shape())
+    return n

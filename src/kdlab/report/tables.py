@@ -44,12 +44,16 @@ def fmt_stat(s: Stat | None, scale: float = 100.0, digits: int = 2) -> str:
     return f"{s.mean * scale:.{digits}f} ± {s.std * scale:.{digits}f}"
 
 
+def fmt_signed(v: float | None, scale: float = 100.0, digits: int = 2) -> str:
+    """``"+1.23"`` (percentage points for fractions); ``"–"`` when missing."""
+    return MISSING if v is None else f"{v * scale:+.{digits}f}"
+
+
 def fmt_gain(row: Row, key: str = GAIN_KEY, scale: float = 100.0, digits: int = 2) -> str:
     """Signed difference of means (percentage points for accuracies); ``"baseline"`` on the baseline row."""
     if row.baseline is not None and row.label == row.baseline:
         return "baseline"
-    g = row.gain.get(key)
-    return MISSING if g is None else f"{g * scale:+.{digits}f}"
+    return fmt_signed(row.gain.get(key), scale, digits)
 
 
 def _layout(rows: Sequence[Row], baseline: str | None) -> tuple[list[Row], list[str], list[list[str]]]:
@@ -74,16 +78,28 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|")
 
 
+def markdown_grid(headers: Sequence[str], body: Sequence[Sequence[object]]) -> str:
+    """Any table as GitHub-flavoured Markdown: first column left-aligned, the others right-aligned."""
+    align = [":---"] + ["---:"] * (len(headers) - 1)
+    lines = [
+        "| " + " | ".join(_md_escape(str(h)) for h in headers) + " |",
+        "| " + " | ".join(align) + " |",
+    ]
+    lines += ["| " + " | ".join(_md_escape(str(c)) for c in cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(rows: Sequence[Row], baseline: str | None = None) -> str:
     """GitHub-flavoured Markdown table; with ``baseline``, a column of top-1 (best) gain over it."""
     _, headers, body = _layout(rows, baseline)
-    align = [":---"] + ["---:"] * (len(headers) - 1)
-    lines = [
-        "| " + " | ".join(_md_escape(h) for h in headers) + " |",
-        "| " + " | ".join(align) + " |",
-    ]
-    lines += ["| " + " | ".join(_md_escape(c) for c in cells) + " |" for cells in body]
-    return "\n".join(lines) + "\n"
+    return markdown_grid(headers, body)
+
+
+def csv_text(rows: Sequence[Sequence[object]]) -> str:
+    """Rows (the first one usually the header) as CSV text with ``\\n`` line ends; None is written as empty."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["" if v is None else v for v in r] for r in rows])
+    return buf.getvalue()
 
 
 def csv_table(rows: Sequence[Row]) -> str:

@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from kdlab.recipe import Strict
+from kdlab.schema import Strict
 
 if TYPE_CHECKING:
     from kdlab.teacher import Teacher, TeacherOutput
