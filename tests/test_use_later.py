@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
                           "train": {"tensorboard": False, "progress": False}})
     run = root / "run"
     summary = run_recipe(recipe, run_dir=run, quiet=True)
-    np.savez(root / "test.npz", x=ds.test.x.numpy(), y=ds.test.y.numpy())
+    np.savez(root / "test.npz", x_test=ds.test.x.numpy(), y_test=ds.test.y.numpy())  # as the arrays dataset names them
     return {"root": root, "run": run, "data": data, "summary": summary, "test_x": ds.test.x, "test_y": ds.test.y,
             "train_x": ds.train.x}
 
@@ -82,7 +82,7 @@ def test_predict_on_raw_inputs_gives_the_runs_test_accuracy(trained, tmp_path, c
     assert len(rows) == 500 and acc == pytest.approx(trained["summary"]["final"]["test/top1"], abs=1e-6)
     assert rows[0]["label"] == f"digit{rows[0]['class']}" and {"class3", "prob3"} <= set(rows[0])
     assert float(rows[0]["prob"]) >= float(rows[0]["prob2"]) >= float(rows[0]["prob3"])
-    assert f"top-1 on {trained['root'] / 'test.npz'} (labels y): {100 * acc:.2f}%" in capsys.readouterr().err
+    assert f"top-1 on {trained['root'] / 'test.npz'} (its labels): {100 * acc:.2f}%" in capsys.readouterr().err
     # the independent path: normalise here with numpy statistics, run the bare network
     model, rec = _reference_logits(trained["run"], trained["test_x"])
     x = trained["train_x"].numpy().astype(np.float64)

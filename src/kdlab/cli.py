@@ -191,9 +191,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {len(result['rows'])} predictions to {write_predictions(result, args.out)}", file=sys.stderr)
     else:
-        sys.stdout.write(rows_csv(result["rows"], result["top_k"]))
+        try:
+            sys.stdout.write(rows_csv(result["rows"], result["top_k"]))
+            sys.stdout.flush()
+        except BrokenPipeError:  # `kdlab predict ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     for source, acc in result["accuracy"].items():
-        print(f"top-1 on {source} (labels y): {100 * acc:.2f}%", file=sys.stderr)
+        print(f"top-1 on {source} (its labels): {100 * acc:.2f}%", file=sys.stderr)
     return 0
 
 

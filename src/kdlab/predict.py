@@ -114,13 +114,15 @@ def read_npy(path: Path, record: dict[str, Any]) -> Inputs:
 
 
 def read_npz(path: Path, record: dict[str, Any]) -> Inputs:
-    """Inputs in ``x`` (or the only array); labels in ``y`` are used to report top-1."""
+    """Inputs in ``x`` (or ``x_test``, as the ``arrays`` dataset names them, or the only array); labels in the
+    matching ``y``/``y_test`` are used to report top-1."""
     with np.load(path, allow_pickle=False) as z:
         keys = list(z.keys())
-        key = "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
+        key = next((k for k in ("x", "x_test") if k in keys), keys[0] if len(keys) == 1 else None)
         if key is None:
-            raise KDLabError(f"{path}: name the inputs array `x` (found {', '.join(keys)})")
-        return _array_inputs(z[key], str(path), record, z["y"] if "y" in keys else None)
+            raise KDLabError(f"{path}: name the inputs array `x` or `x_test` (found {', '.join(keys)})")
+        labels = key.replace("x", "y", 1)
+        return _array_inputs(z[key], str(path), record, z[labels] if labels in keys else None)
 
 
 def _load_image_file(path: Path, record: dict[str, Any]) -> torch.Tensor:
