@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from kdlab.errors import KDLabError
+from kdlab.runfiles import FINAL_WEIGHTS, RECIPE
 
 def _as_xy(data: Any, what: str) -> tuple[Any, Any]:
     """``(X, y)`` arrays/tensors, or a map-style dataset of ``(x, y)`` pairs (stacked, so it must fit in memory)."""
@@ -126,10 +127,10 @@ def distill(teacher: nn.Module | None, student: nn.Module, train: Any, test: Any
             data[key] = value
     recipe = validate(data, "kdlab.distill")
     run_dir = recipe.run_dir()
-    saved = run_dir / "recipe.yaml"
+    saved = run_dir / RECIPE
     if not force and saved.exists() and yaml.safe_load(saved.read_text()) != recipe.to_dict():
         raise KDLabError(f"{run_dir} holds another run (other data, models or settings); pass force=True to "
                          "replace it, or another name/out")
     summary = run_recipe(recipe, existing="overwrite" if force else "resume")
-    fit_weights(student, read_weights(run_dir / "student.safetensors"), run_dir / "student.safetensors")
+    fit_weights(student, read_weights(run_dir / FINAL_WEIGHTS), run_dir / FINAL_WEIGHTS)
     return student.eval(), summary

@@ -25,8 +25,8 @@ from kdlab.engine.checkpoint import save_weights
 from kdlab.errors import KDLabError
 from kdlab.preprocess import build_student
 from kdlab.preprocess import read as read_preprocess
+from kdlab.runfiles import WEIGHTS
 
-WEIGHTS = {"final": "student.safetensors", "best": "best.safetensors"}
 ONNX_HINT = "pip install 'kdlab[onnx]' (onnx, onnxruntime)"
 
 Exporter = Callable[[nn.Module, dict[str, Any], Path, str], str]

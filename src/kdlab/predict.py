@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from kdlab.errors import KDLabError
+from kdlab.runfiles import RECIPE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 IMAGE_CHUNK = 256
@@ -261,9 +262,9 @@ def eval_recipe(data: str | None, overrides: list[str], run_dir: Path, record: d
     from kdlab.recipe import RECIPE_SUFFIXES, load_recipe, read_file
 
     if data is None:
-        if not (run_dir / "recipe.yaml").exists():
+        if not (run_dir / RECIPE).exists():
             raise KDLabError(f"{run_dir} is not a run folder: name the data to evaluate on with --data")
-        block = read_file(run_dir / "recipe.yaml").get("data", {})
+        block = read_file(run_dir / RECIPE).get("data", {})
     elif data.endswith(RECIPE_SUFFIXES):
         block = read_file(data).get("data")
         if block is None:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.errors import KDLabError
+from kdlab.runfiles import PREPROCESS, RECIPE
 
-PREPROCESS = "preprocess.json"
 VERSION = 1
 
 
@@ -96,12 +96,12 @@ def read(run_dir: str | Path) -> dict[str, Any]:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise KDLabError(f"{path} is unreadable ({e}); rerun `kdlab run --resume {run_dir}` to rewrite it") from None
-    if not (run_dir / "recipe.yaml").exists():
+    if not (run_dir / RECIPE).exists():
         raise KDLabError(f"{run_dir} is not a kdlab run folder (no {PREPROCESS} or recipe.yaml)")
     from kdlab.engine.run import build_data
     from kdlab.recipe import load_recipe
 
-    recipe = load_recipe(run_dir / "recipe.yaml")
+    recipe = load_recipe(run_dir / RECIPE)
     record = describe(recipe, build_data(recipe))
     try:
         write(run_dir, record)  # an older run: rebuild once, then never need the data again

@@ -23,6 +23,7 @@ from torch import nn
 
 from kdlab.errors import KDLabError
 from kdlab.recipe import Recipe
+from kdlab.runfiles import FINAL_WEIGHTS
 
 
 def load_student_weights(student: nn.Module, source: str | Path) -> None:
@@ -31,7 +32,7 @@ def load_student_weights(student: nn.Module, source: str | Path) -> None:
 
     path = Path(source)
     if path.is_dir():
-        path = path / "student.safetensors"
+        path = path / FINAL_WEIGHTS
         if not path.exists():
             raise KDLabError(f"--student {source}: no student.safetensors in that folder; give a finished run "
                              "folder or a weights file")

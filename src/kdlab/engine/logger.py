@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.errors import KDLabError, unknown_name
+from kdlab.runfiles import METRICS
 
 
 class Backend:
@@ -134,7 +135,7 @@ class Csv(Backend):
     def log(self, record: dict[str, Any]) -> None:
         from kdlab.engine.checkpoint import atomic_write
 
-        rows = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        rows = [json.loads(line) for line in (self.run_dir / METRICS).read_text().splitlines() if line]
         columns = list(dict.fromkeys(k for r in rows for k in r))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=columns, restval="")
@@ -218,7 +219,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = True, *, loggers: list[str] | None = None,
                  recipe: Any = None):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "metrics.jsonl"
+        self.path = self.run_dir / METRICS
         if recipe is not None and loggers is None:
             loggers = getattr(recipe.train, "loggers", None)
         names = resolve_loggers(loggers, tensorboard)

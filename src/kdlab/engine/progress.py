@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from kdlab.runfiles import RECIPE
+
 READ_EVERY_S = 0.5
 _SILENT = False  # inside ``silenced()``
 _ACTIVE: list[Any] = []  # live rich bars, stopped on Ctrl-C
@@ -144,7 +146,7 @@ def interrupted_message() -> str:
     """After Ctrl-C: the command that continues the interrupted run from its last epoch checkpoint."""
     stop_bars()
     run = _RUN
-    if run is not None and (run / "recipe.yaml").exists():
+    if run is not None and (run / RECIPE).exists():
         return (f"kdlab: interrupted; continue with: kdlab run --resume {shlex.quote(str(run))}  "
                 "(from the last finished epoch; finished runs are kept)")
     return "kdlab: interrupted; run the same command again to continue (finished epochs and runs are kept)"

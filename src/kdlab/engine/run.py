@@ -29,9 +29,10 @@ from kdlab.engine import distributed as dist
 from kdlab.engine.checkpoint import atomic_write, fit_weights, read_json, read_weights, remove_stale_tmp
 from kdlab.engine.devices import pick_device
 from kdlab.engine.lock import folder_lock
-from kdlab.engine.trainer import CHECKPOINT, Trainer, load_checkpoint
+from kdlab.engine.trainer import Trainer, load_checkpoint
 from kdlab.errors import KDLabError
 from kdlab.recipe import ModelSpec, Recipe, TeacherSpec, load_recipe
+from kdlab.runfiles import CHECKPOINT, ENV, RECIPE, SUMMARY
 from kdlab.teachers.load import build_teachers, load_teacher  # load_teacher: kdlab.engine.run.load_teacher stays
 
 Existing = Literal["resume", "error", "overwrite", "skip"]
@@ -154,13 +155,13 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
 def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks: Sequence[Any],
                 quiet: bool) -> dict[str, Any]:
     """``run_recipe``'s body, called with the run folder's lock held."""
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / SUMMARY
     # torchrun (WORLD_SIZE > 1): the process group first, so that the ranks can wait for each other
     device = dist.setup(pick_device(recipe.train.device)) if dist.requested() else None
     main = dist.is_main()
     wipe = False  # every rank decides from the same files; only rank 0 deletes or writes
     if run_dir.exists() and any(run_dir.iterdir()):
-        saved = run_dir / "recipe.yaml"
+        saved = run_dir / RECIPE
         if existing == "overwrite":
             wipe = True
         elif existing == "error":
@@ -181,7 +182,7 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(run_dir)  # half-written files of a killed run (we hold the folder's lock)
         # first, so that a run killed at any later point can be resumed with `kdlab run --resume`
-        _write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        _write_text(run_dir / RECIPE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     dist.barrier()
     resume = load_checkpoint(run_dir) if (run_dir / CHECKPOINT).exists() else None  # the same on every rank
 
@@ -193,7 +194,7 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
         from kdlab.preprocess import write_for_run
 
         write_for_run(run_dir, recipe, dataset)  # what predict/eval/export need, so they never reload the data
-        env_path = run_dir / "env.json"
+        env_path = run_dir / ENV
         env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}
         env["runs"].append({**provenance(device), "resumed_from_epoch": resume["global_epoch"] if resume else None,
                             **({"world_size": dist.world()} if dist.world() > 1 else {})})
@@ -226,7 +227,7 @@ def _saved_recipe(path: Path) -> dict[str, Any]:
 
 def resume_run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").exists():
+    if not (run_dir / RECIPE).exists():
         raise KDLabError(f"{run_dir} is not a kdlab run folder (no recipe.yaml); rerun its recipe with `kdlab run` "
                          "(it continues in the same folder)")
-    return run_recipe(load_recipe(run_dir / "recipe.yaml"), run_dir=run_dir, existing="resume", **kwargs)
+    return run_recipe(load_recipe(run_dir / RECIPE), run_dir=run_dir, existing="resume", **kwargs)

@@ -20,6 +20,7 @@ import torch
 from kdlab.engine.devices import memory_format_for, teacher_autocast
 from kdlab.errors import KDLabError
 from kdlab.recipe import Recipe, TeacherSpec
+from kdlab.runfiles import RECIPE, SUMMARY, WEIGHTS
 from kdlab.teachers.cached import CachedTeacher, build, fingerprint, read_meta, short, weights_digest
 from kdlab.teachers.live import LiveTeacher
 
@@ -86,17 +87,17 @@ def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quie
 
     if spec.run is not None:
         run = Path(spec.run)
-        if not (run / "summary.json").exists():
+        if not (run / SUMMARY).exists():
             if spec.recipe is None:
                 raise KDLabError(f"teacher run {run} has no finished training (no summary.json); "
                                  "train it with `kdlab run` or give `teacher.recipe:` to train it here")
             # under the teacher folder's lock: students waiting on one untrained teacher train it once
             with folder_lock(run, wait=True, what="teacher run"):
-                if not (run / "summary.json").exists():
+                if not (run / SUMMARY).exists():
                     run_recipe(load_recipe(spec.recipe), run_dir=run, existing="resume", quiet=quiet, wait=True)
-        trec = load_recipe(run / "recipe.yaml")
+        trec = load_recipe(run / RECIPE)
         model = build_model_for(trec.student, dataset)
-        path = run / ("best.safetensors" if spec.weights == "best" else "student.safetensors")
+        path = run / WEIGHTS[spec.weights]
         try:  # one-line errors: truncated, pickled, wrong width
             fit_weights(model, read_weights(path), path)
         except KDLabError as e:
