@@ -73,7 +73,6 @@ def _kdlab(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
     return r
 
 
-@pytest.mark.slow
 def test_new_user_end_to_end(tmp_path):
     if not KDLAB.exists():
         pytest.skip(f"no kdlab command next to {sys.executable}")

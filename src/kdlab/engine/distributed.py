@@ -91,15 +91,6 @@ def _flat_op(tensors: list[torch.Tensor], op) -> None:
         offset += n
 
 
-def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """The mean of ``values`` across ranks (a new tensor; the input when not distributed)."""
-    if not active():
-        return values
-    out = values.detach().clone()
-    dist.all_reduce(out)
-    return out / world()
-
-
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if not active():
         return values
