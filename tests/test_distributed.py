@@ -13,6 +13,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from kdlab.data.base import Split
+from kdlab.engine import checkpoint as ckpt
 from kdlab.data.loader import make_loader
 
 
@@ -140,7 +141,7 @@ DDP_SCRIPT = textwrap.dedent("""
             if (state["global_epoch"], state["step"]) == self.crash_at:
                 raise RuntimeError("simulated crash")
         def on_epoch_end(self, trainer, record):
-            if record["global_epoch"] == 2:
+            if record["global_epoch"] == 2 and not trainer.fsdp:  # FSDP: DTensor shards, compared via files
                 objectives = trainer._prev_objectives
                 out = os.path.join(sys.argv[3], f"rank{dist.get_rank()}.json")
                 with open(out, "w") as f:
@@ -185,7 +186,8 @@ def _torchrun(tmp_path, *args):
 def test_ddp_two_ranks_match_one_process_and_resume_bitwise(tmp_path, monkeypatch):
     """2-rank DDP (KD + FitNet through a linear connector, the objective's trainable parameter) = one process over the union
     batches to fp32 summation-order tolerance (atol 1e-5 after 2 epochs); a crashed 2-rank run resumed under
-    torchrun ends bitwise equal to the uninterrupted one; every rank holds the same students and connectors."""
+    torchrun ends bitwise equal to the uninterrupted one; every rank holds the same students and connectors;
+    FSDP2 (train.parallel: fsdp), crashed and resumed, ends where DDP does."""
     try:
         import torch.distributed.run  # noqa: F401
     except ImportError:
@@ -193,7 +195,7 @@ def test_ddp_two_ranks_match_one_process_and_resume_bitwise(tmp_path, monkeypatc
     from kdlab.engine import run_recipe, trainer as trainer_mod
     from kdlab.recipe import load_recipe
 
-    def recipe(out, batch):
+    def recipe(out, batch, parallel="ddp"):
         return {"name": "ddp", "out": str(tmp_path / out), "seed": 5,
                 "data": {"name": "digits", "batch_size": batch},
                 "student": {"name": "smallcnn", "kwargs": {"width": 0.25, "batch_norm": False}},
@@ -201,11 +203,11 @@ def test_ddp_two_ranks_match_one_process_and_resume_bitwise(tmp_path, monkeypatc
                 "objective": {"ce": {"weight": 0.1}, "kd": {}, "fitnet": {"weight": 1.0, "student_layer": "flatten",
                                                                      "teacher_layer": "flatten"}},
                 "schedule": {"epochs": 2}, "optim": {"lr": 0.1},
-                "train": {"tensorboard": False, "threads": 1, "progress": False}}
+                "train": {"tensorboard": False, "threads": 1, "progress": False, "parallel": parallel}}
 
     (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
-    for name in ("full", "crashed"):
-        (tmp_path / f"{name}.json").write_text(json.dumps(recipe(name, 64)))
+    for name in ("full", "crashed", "fsdp"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(recipe(name, 64, "fsdp" if name == "fsdp" else "ddp")))
         (tmp_path / f"h_{name}").mkdir()
     proc = _torchrun(tmp_path, "run", tmp_path / "full.json", tmp_path / "h_full")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -214,6 +216,11 @@ def test_ddp_two_ranks_match_one_process_and_resume_bitwise(tmp_path, monkeypatc
     crashed = tmp_path / "crashed" / "ddp" / "seed5"
     assert not (crashed / "summary.json").exists()
     proc = _torchrun(tmp_path, "resume", crashed, tmp_path / "h_crashed")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    # FSDP2: crashed at the same step, resumed from its gathered checkpoint (full optimiser state by name)
+    proc = _torchrun(tmp_path, "crash", tmp_path / "fsdp.json", tmp_path / "h_fsdp")
+    assert proc.returncode != 0 and "simulated crash" in proc.stderr + proc.stdout
+    proc = _torchrun(tmp_path, "resume", tmp_path / "fsdp" / "ddp" / "seed5", tmp_path / "h_fsdp")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     full = tmp_path / "full" / "ddp" / "seed5"
@@ -224,6 +231,13 @@ def test_ddp_two_ranks_match_one_process_and_resume_bitwise(tmp_path, monkeypatc
     assert h["crashed"][0] == h["full"][0] == h["crashed"][1]  # resumed = uninterrupted, bitwise
     w_ddp = load_file(str(full / "student.safetensors"))
     assert state_hash(w_ddp) == h["full"][0]["student"]
+    # FSDP: reduce-scattered mean gradients = DDP's all-reduced ones (bitwise here; asserted to 1e-6), and rank
+    # 0's gathered bare copy is what it saved
+    w_fsdp = load_file(str(tmp_path / "fsdp" / "ddp" / "seed5" / "student.safetensors"))
+    for k in w_ddp:
+        assert torch.allclose(w_fsdp[k], w_ddp[k], rtol=0, atol=1e-6), k
+    fsdp_ckpt = ckpt.load_state(tmp_path / "fsdp" / "ddp" / "seed5" / "checkpoint.safetensors")
+    assert sorted(fsdp_ckpt["modules"]) == sorted(ckpt.load_state(full / "checkpoint.safetensors")["modules"])
 
     # The single-process reference: batch 128 = the union of the two ranks' batches of 64 at every step.
     real_loader = trainer_mod.Trainer._loader

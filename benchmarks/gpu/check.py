@@ -52,7 +52,7 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ 1. tests
 def run_tests(out: Path, timeout: float) -> str:
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", str(ROOT / "tests"), "-q", "-p", "no:cacheprovider", "-rs"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", str(ROOT / "tests"), "-p", "no:cacheprovider", "-rs"]
     try:
         p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(10, timeout))
         text = p.stdout + p.stderr
@@ -60,7 +60,7 @@ def run_tests(out: Path, timeout: float) -> str:
     except subprocess.TimeoutExpired as e:
         text, status = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timed out"
     (out / "tests.txt").write_text(text)
-    last = [line for line in text.splitlines() if line.strip()][-1:] or [""]
+    last = [line for line in text.splitlines() if line.strip() and " in " in line][-1:] or [""]
     return f"CUDA-marked tests: {status}: {last[0]}"
 
 

@@ -17,6 +17,11 @@ world 1) unless ``WORLD_SIZE > 1`` and :func:`setup` has initialised the process
   ``broadcast_buffers=False``: BatchNorm statistics stay per rank during an epoch (no broadcast per step) and
   rank 0's are broadcast at every epoch end, as before. ``train.sync_batchnorm`` converts BatchNorm to
   SyncBatchNorm instead (CUDA only).
+* ``train.parallel: fsdp`` shards every student and objective with FSDP2 (:func:`shard`) instead, for
+  students too large to hold with their gradients and optimiser state on one device. Rank 0 keeps one bare,
+  unsharded copy of the students: at every epoch end all ranks gather the full state (:func:`full_state`),
+  which rank 0 loads into that copy to evaluate and save, and writes as the checkpoint (the same keys as one
+  process's). Single-stage recipes only (a new stage would reshard the students).
 * Parameters and buffers are broadcast from rank 0 once per stage (after the objectives are built or
   resumed); afterwards the averaged gradients keep the parameters identical on every rank, and only the
   buffers (BatchNorm statistics, which each rank updates on its own shard) are broadcast at every epoch end,
@@ -109,6 +114,38 @@ def wrap(module: torch.nn.Module, device: torch.device, *, find_unused: bool) ->
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
                                    find_unused_parameters=find_unused)
+
+
+def shard(modules: list[torch.nn.Module]) -> None:
+    """FSDP2: ``fully_shard`` every module that has parameters, in place (parameters become DTensor shards,
+    all-gathered for each forward and reduce-scattered after the backward; hooks and names unchanged)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for m in modules:
+        if any(True for _ in m.parameters()):
+            fully_shard(m)
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(module: torch.nn.Module, opt: torch.optim.Optimizer | None = None):
+    """(model state, optimiser state or None) of a module holding sharded parts, gathered in full on rank 0's
+    CPU (the other ranks get empty dicts). Collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    model = get_model_state_dict(module, options=_options())
+    return model, (get_optimizer_state_dict(module, opt, options=_options()) if opt is not None else None)
+
+
+def load_full_optimizer_state(module: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """The inverse of :func:`full_state` for the optimiser: every rank keeps its shard of a full state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
 def broadcast_state(module: torch.nn.Module, params: bool = True) -> None:

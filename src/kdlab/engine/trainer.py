@@ -24,6 +24,7 @@ averaged across ranks, and evaluation, logging, checkpoints and weights are rank
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Sequence
@@ -111,10 +112,11 @@ class Trainer:
         self.teachers = list(teachers)
         self.callbacks = list(callbacks)
         tr = recipe.train
+        self.fsdp = dist.world() > 1 and tr.parallel == "fsdp"
+        if self.fsdp and len(plan_stages(recipe)) > 1:
+            raise KDLabError("train.parallel: fsdp runs single-stage recipes (a new stage would reshard the "
+                             "students); use ddp for `stages:`")
         if dist.world() > 1:
-            if tr.parallel == "fsdp":
-                raise KDLabError("train.parallel: fsdp is not available yet (rank 0 alone evaluates and saves the "
-                                 "bare student, which a sharded student cannot do); use ddp")
             if tr.sync_batchnorm:
                 if device.type != "cuda":
                     raise KDLabError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
@@ -129,6 +131,9 @@ class Trainer:
         self.memory_format = self.pipeline.memory_format
         if self.memory_format is not None:
             self.students.to(memory_format=self.memory_format)
+        # What rank 0 evaluates and saves: the students themselves, or under FSDP a bare copy that receives the
+        # gathered full state at every epoch end (before any hook is registered on the students).
+        self.rank0_students = (copy.deepcopy(self.students) if self.fsdp and dist.is_main() else self.students)
         t_autocast = teacher_autocast(tr, device)
         for t in self.teachers:
             if t.live is not None:
@@ -188,6 +193,9 @@ class Trainer:
         """Under torchrun, the students and objectives wrapped in DistributedDataParallel; None in one
         process (the step calls ``distill_step`` directly)."""
         if dist.world() == 1:
+            return None
+        if self.fsdp:  # sharded in place; the step calls distill_step on the sharded modules directly
+            dist.shard([*self.students, *objectives])
             return None
         find_unused = self.recipe.train.find_unused
         if find_unused is None:  # auto: a parameter may get no gradient in some step
@@ -289,7 +297,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics of every student on the test split, and on the validation split when the
         recipe carves one (``data.val_fraction``): then the best epoch is chosen on validation, not test."""
-        return self.evaluator(self.students)
+        return self.evaluator(self.rank0_students)
 
     def teacher_eval_logits(self) -> torch.Tensor | None:
         return self.evaluator.teacher_logits()
@@ -336,12 +344,10 @@ class Trainer:
                 stage = self.stages[si]
                 objectives = self._build_objectives(stage)
                 params = self._trainable(stage) + [p for p in objectives.parameters() if p.requires_grad]
-                opt = build_optimizer(params, stage.optim)
                 first = 0
-                if resume is not None and si == start_stage:
+                resuming = resume is not None and si == start_stage
+                if resuming:
                     self._state_modules(objectives).load_state_dict(resume["modules"])
-                    if start_epoch < stage.epochs:
-                        opt.load_state_dict(resume["optimizer"])
                     if self.scaler is not None and resume.get("scaler"):
                         self.scaler.load_state_dict(resume["scaler"])
                     set_rng_state(resume["rng"])
@@ -349,6 +355,14 @@ class Trainer:
                 dist.broadcast_state(self._state_modules(objectives))  # every rank starts from rank 0's model
                 captures = [Capture(s, objectives[k].taps().student) for k, s in enumerate(self.students)]
                 ddp = self.step_module = self._step_module(stage, objectives)
+                if self.fsdp:  # the sharded parameters replaced the bare ones: the optimiser steps those
+                    params = [p for p in self._state_modules(objectives).parameters() if p.requires_grad]
+                opt = build_optimizer(params, stage.optim)
+                if resuming and start_epoch < stage.epochs:
+                    if self.fsdp:
+                        dist.load_full_optimizer_state(self._state_modules(objectives), opt, resume["optimizer"])
+                    else:
+                        opt.load_state_dict(resume["optimizer"])
                 try:
                     for epoch in range(first, stage.epochs):
                         record = self._train_epoch(stage, si, epoch, offset + epoch, objectives, captures, opt, ddp)
@@ -430,8 +444,16 @@ class Trainer:
 
     def _after_epoch(self, stage: Stage, si: int, epoch: int, g: int, record: dict[str, Any],
                      objectives: nn.ModuleList, opt: torch.optim.Optimizer) -> None:
+        save_now = (epoch + 1) % self.recipe.train.checkpoint_every == 0 or epoch == stage.epochs - 1
+        full: dict[str, Any] | None = None
         if dist.world() > 1:
             dist.broadcast_state(self._state_modules(objectives), params=False)  # per-rank BatchNorm stats
+            if self.fsdp:  # every rank takes part in gathering the full state; rank 0 keeps it
+                model, optim = dist.full_state(self._state_modules(objectives), opt if save_now else None)
+                full = {"modules": model, "optimizer": optim}
+                if self.main:
+                    self.rank0_students.load_state_dict(
+                        {k[len("students."):]: v for k, v in model.items() if k.startswith("students.")})
             if not self.main:  # rank 0 evaluates and writes; the others wait for it
                 dist.barrier()
                 for cb in self.callbacks:
@@ -447,24 +469,24 @@ class Trainer:
             key = self.select_by
             if key in record and record[key] > self.best.get(key, -1.0):
                 self.best = {**self.last, "selected_by": key}
-                save_weights(self.run_dir / "best.safetensors", self.students[0].state_dict())
+                save_weights(self.run_dir / "best.safetensors", self.rank0_students[0].state_dict())
         record["time/epoch_s"] = record["time/train_s"] + time.perf_counter() - t0
         self.wall_s += record["time/epoch_s"]
         self.logger.log(record)
         epoch_line(f"{self.recipe.name} [{stage.name}] epoch {epoch + 1}/{stage.epochs}", record,
                    setting=self.recipe.train.progress)
-        if (epoch + 1) % self.recipe.train.checkpoint_every == 0 or epoch == stage.epochs - 1:
+        if save_now:
             save_state(self.run_dir / CHECKPOINT, {
                 "stage": si, "epoch": epoch + 1, "global_epoch": g + 1,
-                "modules": self._state_modules(objectives).state_dict(),
-                "optimizer": opt.state_dict(),
+                "modules": full["modules"] if full else self._state_modules(objectives).state_dict(),
+                "optimizer": full["optimizer"] if full else opt.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "rng": rng_state(), "best": self.best, "last": self.last, "wall_s": self.wall_s,
             })
         if last_of_run:
-            save_weights(self.run_dir / "student.safetensors", self.students[0].state_dict())
+            save_weights(self.run_dir / "student.safetensors", self.rank0_students[0].state_dict())
             for k in range(1, len(self.students)):
-                save_weights(self.run_dir / f"cohort{k}.safetensors", self.students[k].state_dict())
+                save_weights(self.run_dir / f"cohort{k}.safetensors", self.rank0_students[k].state_dict())
         dist.barrier()
         for cb in self.callbacks:
             if hasattr(cb, "on_epoch_end"):
