@@ -112,18 +112,13 @@ def read(run_dir: str | Path) -> dict[str, Any]:
 
 def build_student(record: dict[str, Any]) -> Any:
     """The student network (untrained) that the record describes, with its inserted layers."""
-    from kdlab.layers import insert_layers
-    from kdlab.models import build_model
+    from kdlab.build import build_network  # deferred: torch and every model (this module is read without them)
     from kdlab.recipe import ModelSpec
     from kdlab.registry import import_plugins
 
     import_plugins(record.get("plugins"))  # a plugin-registered student name resolves only after its import
     spec = ModelSpec.model_validate(record["student"])
-    shape, classes = tuple(record["input_shape"]), int(record["num_classes"])
-    model = build_model(spec.name, num_classes=classes, input_shape=shape, **spec.kwargs)
-    if spec.insert:
-        insert_layers(model, spec.insert, input_shape=shape, num_classes=classes)
-    return model
+    return build_network(spec, int(record["num_classes"]), record["input_shape"], initial_weights=False)
 
 
 __all__ = ["PREPROCESS", "build_student", "describe", "read", "write", "write_for_run"]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from kdlab.errors import KDLabError
+from kdlab.errors import KDLabError, nearest, unknown_name
 from kdlab.schema import Strict  # re-exported: kdlab.recipe.Strict is public
 from kdlab.schema import format_error as _format_error
 from kdlab.schema import validate_params as _validate_params
@@ -149,8 +149,6 @@ def _known(registry: Any, name: str) -> str:
 
 
 def _unknown(kind: str, name: str, names: list[str]) -> KDLabError:
-    from kdlab.errors import unknown_name
-
     return unknown_name(kind, name, names)
 
 
@@ -283,8 +281,18 @@ class DataSpec(Strict):
         return _known(DATASETS, v)
 
 
+def _one_of(kind: str, name: str, table: dict[str, Any]) -> str:
+    """``name`` when it is a key of ``table`` (the one list of names, next to what they build), else a
+    ValueError that names the nearest keys and all of them."""
+    if name in table:
+        return name
+    near = nearest(name, table, n=3)
+    hint = f"did you mean {', '.join(map(repr, near))}? " if near else ""
+    raise ValueError(f"unknown {kind} {name!r}: {hint}use one of {', '.join(map(repr, table))}")
+
+
 class OptimSpec(Strict):
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: str = "sgd"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
@@ -298,16 +306,30 @@ class OptimSpec(Strict):
             raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
         return v
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from kdlab.engine.optim import OPTIMIZERS  # deferred: torch (and engine.optim imports this module)
+
+        return _one_of("optimizer", v, OPTIMIZERS)
+
 
 class ScheduleSpec(Strict):
     """Learning-rate schedule over ``epochs``; ``multiplier`` scales epochs and milestones together (×2, ×4)."""
 
-    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    name: str = "multistep"
     epochs: int = Field(30, gt=0)
     milestones: list[int] = Field(default_factory=lambda: [15, 22])
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: int = Field(0, ge=0)
     multiplier: float = Field(1.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from kdlab.engine.optim import SCHEDULES  # deferred: torch (and engine.optim imports this module)
+
+        return _one_of("schedule", v, SCHEDULES)
 
     @property
     def total_epochs(self) -> int:

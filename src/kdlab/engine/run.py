@@ -25,8 +25,9 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from kdlab.build import build_network
 from kdlab.engine import distributed as dist
-from kdlab.engine.checkpoint import atomic_write, fit_weights, read_json, read_weights, remove_stale_tmp
+from kdlab.engine.checkpoint import atomic_write, read_json, remove_stale_tmp
 from kdlab.engine.devices import pick_device
 from kdlab.engine.lock import folder_lock
 from kdlab.engine.trainer import Trainer, load_checkpoint
@@ -46,21 +47,8 @@ def set_threads(threads: int | None) -> None:
 
 
 def build_model_for(spec: ModelSpec, dataset: Any) -> torch.nn.Module:
-    from kdlab.layers import insert_layers
-    from kdlab.models import build_model
-
-    try:
-        model = build_model(spec.name, num_classes=dataset.num_classes, input_shape=dataset.input_shape, **spec.kwargs)
-    except (TypeError, ValueError, OverflowError) as e:
-        if ":" in spec.name:  # a user's own factory: its traceback is the useful report
-            raise
-        first = (str(e).splitlines() or [type(e).__name__])[0]  # torch appends C++ frames on later lines
-        raise KDLabError(f"model {spec.name!r} rejects kwargs {spec.kwargs}: {first}") from None
-    if spec.weights:  # start from local weights (before inserted layers; a resumed run loads its checkpoint)
-        fit_weights(model, read_weights(spec.weights), f"weights {spec.weights}")
-    if spec.insert:
-        insert_layers(model, spec.insert, input_shape=tuple(dataset.input_shape), num_classes=dataset.num_classes)
-    return model
+    """The network ``spec`` names, sized for ``dataset`` (see :func:`kdlab.build.build_network`)."""
+    return build_network(spec, dataset.num_classes, dataset.input_shape)
 
 
 def build_data(recipe: Recipe, run_dir: Path | None = None) -> Any:
