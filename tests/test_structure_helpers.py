@@ -66,3 +66,10 @@ def test_export_and_training_build_the_same_network():
     b = build_student({"student": recipe.student.model_dump(mode="json"), "num_classes": 10, "input_shape": [1, 8, 8]})
     assert [k for k in a.state_dict()] == [k for k in b.state_dict()]
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+@pytest.mark.parametrize("view, typo, field", [("crop", "paddin", "padding"), ("flip", "pp", "p"),
+                                               ("crop_flip", "padd", "padding")])
+def test_augmentation_views_name_the_field_a_typo_meant(view, typo, field):
+    with pytest.raises(KDLabError, match=f"unknown field '{typo}': did you mean '{field}'"):
+        load_recipe({"student": "smallcnn", "data": {"name": "digits", "augment": [{"name": view, typo: 1}]}})

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from kdlab.registry import VIEWS
+from kdlab.schema import Strict
 
 
 def _device(gen: torch.Generator | None) -> torch.device:
@@ -32,8 +33,8 @@ def _device(gen: torch.Generator | None) -> torch.device:
 class View:
     """Base class: ``__call__(x, gen) = apply(x, draw(x, gen))``. Subclasses define ``Params``, ``draw``, ``apply``."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class Params(Strict):
+        """No parameters; a view's own ``Params`` adds its fields (misspelt ones get a "did you mean")."""
 
     def __init__(self, params: BaseModel | Mapping[str, Any] | None = None):
         if params is None:
@@ -101,9 +102,9 @@ class Crop(View):
     """Random crop: zero-pad every spatial side by ``padding`` and crop back to the input size at a uniform
     random offset per sample (per spatial dim, in [0, 2·padding]). Works on images and 1-D signals."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        padding: int = Field(4, ge=0)
+    class Params(View.Params):
+        padding: int = Field(4, ge=0, description="zero padding on each spatial side; the crop shifts by up to "
+                             "this many pixels")
 
     def draw(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         d = _spatial_dims(x)
@@ -122,9 +123,8 @@ class Crop(View):
 class Flip(View):
     """Horizontal flip (reverses the last dim) of each sample independently with probability ``p``."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        p: float = Field(0.5, ge=0.0, le=1.0)
+    class Params(View.Params):
+        p: float = Field(0.5, ge=0.0, le=1.0, description="probability that a sample is flipped")
 
     def draw(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         u = torch.rand(len(x), 1, generator=gen, device=_device(gen))
@@ -142,10 +142,9 @@ class CropFlip(View):
     """``crop`` then ``flip``: the standard CIFAR augmentation (padding 4, p 0.5). Params per sample:
     crop offsets (d columns) then the flip bit."""
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        padding: int = Field(4, ge=0)
-        p: float = Field(0.5, ge=0.0, le=1.0)
+    class Params(View.Params):
+        padding: int = Field(4, ge=0, description="zero padding on each spatial side of the random crop")
+        p: float = Field(0.5, ge=0.0, le=1.0, description="probability that a sample is flipped")
 
     def __init__(self, params: BaseModel | Mapping[str, Any] | None = None):
         super().__init__(params)
