@@ -65,7 +65,9 @@ SCRIPT = textwrap.dedent("""
                 out = os.path.join(sys.argv[2], f"rank{dist.get_rank()}.json")
                 with open(out, "w") as f:
                     json.dump({"world": dist.get_world_size(), "steps": len(trainer.train_loader),
-                               "student": state_hash(trainer.students[0].state_dict())}, f)
+                               "student": state_hash(trainer.students[0].state_dict()),
+                               "cohort": state_hash(trainer.students[1].state_dict()),
+                               "wrapped": type(trainer.step_module).__name__}, f)
 
     run_recipe(load_recipe(json.load(open(sys.argv[1]))), callbacks=[Hash()], quiet=True)
 """)
@@ -86,7 +88,8 @@ def test_torchrun_two_ranks_train_one_run_with_identical_weights(tmp_path):
         "data": {"name": "digits", "batch_size": 128, "augment": [{"name": "crop", "padding": 1}]},
         "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
         "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
-        "objective": {"ce": {"weight": 0.1}, "kd": {}},
+        "cohort": [{"name": "smallcnn", "kwargs": {"width": 0.25}}],  # DML peers: two students in one DDP
+        "objective": {"ce": {"weight": 0.1}, "kd": {}, "dml": {}},
         "schedule": {"epochs": 2},
         "train": {"tensorboard": False, "threads": 1},
     }
@@ -116,8 +119,10 @@ def test_torchrun_two_ranks_train_one_run_with_identical_weights(tmp_path):
     r1 = json.loads((hashes / "rank1.json").read_text())
     assert r0["world"] == r1["world"] == 2
     assert r0["steps"] == r1["steps"] == -(-(1297 // 2) // 128)  # each rank trains on half the epoch
-    assert r0["student"] == r1["student"]  # the ranks ended with identical weights
+    assert r0["student"] == r1["student"] and r0["cohort"] == r1["cohort"]  # the ranks ended with identical weights
+    assert r0["wrapped"] == "DistributedDataParallel"
     assert state_hash(load_file(str(d / "student.safetensors"))) == r0["student"]  # and rank 0 saved them
+    assert state_hash(load_file(str(d / "cohort1.safetensors"))) == r0["cohort"]
 
 
 # ----------------------------------------------------------------------------------------- DDP = one process
