@@ -61,3 +61,17 @@ def test_find_unused_is_decided_per_stage(monkeypatch, trainable, views, connect
     stage = Stage("main", {}, None, None, trainable)
     Trainer._step_module(fake, stage, objectives)
     assert seen["fu"] is expect
+
+
+def test_ddp_unused_parameter_error_is_one_line():
+    from kdlab.engine.trainer import _ddp_step
+
+    def ddp(*a, **k):  # the message DDP raises at the step after one that left a parameter without a gradient
+        raise RuntimeError("Expected to have finished reduction in the prior iteration before starting a new one. "
+                           "This error indicates that your module has parameters that were not used in producing "
+                           "loss.\nYou can enable unused parameter detection by ...")
+
+    with pytest.raises(KDLabError, match=r"^DistributedDataParallel: .* set train.find_unused: true$"):
+        _ddp_step(ddp, None, [], {})
+    with pytest.raises(RuntimeError, match="other"):
+        _ddp_step(lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")), None, [], {})

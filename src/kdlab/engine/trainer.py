@@ -401,7 +401,7 @@ class Trainer:
             kw = dict(captures=captures, extra=extra, concat_views=self.recipe.train.concat_views,
                       autocast=self.autocast, clock=Clock(epoch, stage.epochs, step, steps))
             if ddp is not None:  # the backward all-reduces the gradients (students and connectors), bucketed
-                total, named, stats = ddp(batch, self.teachers, **kw)
+                total, named, stats = _ddp_step(ddp, batch, self.teachers, kw)
             else:
                 res = distill_step(batch, self.students, objectives, self.teachers, **kw)
                 total, named, stats = res.total, res.named, res.stats
@@ -502,6 +502,18 @@ class Trainer:
         return {"name": self.recipe.name, "seed": self.recipe.seed,
                 "epochs": sum(s.epochs for s in self.stages), "wall_s": self.wall_s,
                 "final": self.last, "best": self.best, "teacher": self.teacher_metrics(), "status": "finished"}
+
+
+def _ddp_step(ddp: nn.Module, batch: Any, teachers: list[Any], kw: dict[str, Any]):
+    """One step through DDP; its "parameters were not used" error (find_unused off while some trainable
+    parameter got no gradient in the previous step) becomes one line saying what to set."""
+    try:
+        return ddp(batch, teachers, **kw)
+    except RuntimeError as e:
+        if "finished reduction in the prior iteration" in str(e):
+            raise KDLabError("DistributedDataParallel: some trainable parameters got no gradient in the previous "
+                             "step; set train.find_unused: true") from None
+        raise
 
 
 def carry_over(prev: nn.ModuleList, new: nn.ModuleList) -> None:
