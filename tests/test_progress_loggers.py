@@ -70,6 +70,7 @@ def test_the_bar_shows_the_running_loss_and_the_last_held_out_top1():
     shown = buf.getvalue()
     bar.step(lambda: reads.append(1) or 0.25)  # the last step is always read
     bar.stop()
+    assert "kd [main] epoch 2/5" in shown  # the stage name in brackets is text, not rich markup
     assert "loss 0.5000" in shown and "test top-1 91.20%" in shown and "3/4" in shown
     assert len(reads) == 2
 

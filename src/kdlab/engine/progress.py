@@ -39,9 +39,10 @@ class EpochBar:
     """One epoch's bar: ``step(loss)`` advances it (``loss``: the running mean so far, when known)."""
 
     def __init__(self, label: str, total: int, last: dict[str, Any] | None = None, console: Any = None):
+        from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(escape(label)), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[top1]}"),
                                  TimeRemainingColumn(), transient=True, console=console)
         self.task = self.progress.add_task(label, total=total, loss="–", top1=_top1(last))
