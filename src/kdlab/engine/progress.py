@@ -149,7 +149,7 @@ def interrupted_message() -> str:
     run = _RUN
     if run is not None and (run / RECIPE).exists():
         return (f"kdlab: interrupted; continue with: kdlab run --resume {shlex.quote(str(run))}  "
-                "(from the last finished epoch; finished runs are kept)")
+                "(from its last checkpoint; finished runs are kept)")
     return "kdlab: interrupted; run the same command again to continue (finished epochs and runs are kept)"
 
 
