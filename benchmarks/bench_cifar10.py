@@ -1,0 +1,131 @@
+"""Evidence on natural images: the catalogue and the four papers' claims on CIFAR-10 (JPEG copy), CPU-sized.
+
+Protocol (recipes/cifar10/cpu-resnet20-resnet8.yaml): teacher resnet20 trained by kdlab on the full training
+split (50,000 images, 15 epochs); student resnet8 (78 k parameters) on a fixed stratified 10,000-image subset,
+20 epochs, batch 64, SGD lr 0.05 (x0.1 at 12, 16), crop (pad 4) + flip; evaluated on the full 10,000-image test
+split. The teacher's soft labels come from one exact cache (all 162 crop/flip views of each training image),
+built once and read by every KD-type run and seed. Tables (``--tables``, all by default):
+
+  pilot         CE and KD: KD's gain must exceed the seed spread before the rest is worth running
+  catalogue     CE, KD, DKD, CRD, FitNet, AT, SP, RKD, DML, BSS
+  augmentation  CE and KD at x1 and x2 schedules; KD + TLmixup, TLCutMix, CutMixPick (teacher entropy) and the
+                random-pick control from the same pool
+  backward      KD + backward-pass samples against the random-direction control (same passes)
+  letkd         letKD-1, letKD-2 and the layer without supervision, against KD
+  beyond        40 % symmetric label noise and class-imbalance ratio 100: CE, KD, SP, DML, with a teacher trained
+                on the same corrupted subset and early-stopped on a validation split (weights: best)
+
+Resumable: finished runs are reused (a restarted run only trains what is missing); ``--data`` points at
+another copy of the archives. Results are always named "CIFAR-10 (JPEG copy)".
+
+    python benchmarks/bench_cifar10.py --tables pilot --seeds 0-2
+    python benchmarks/bench_cifar10.py --smoke          # 2,000 images, 1 epoch: checks the pipeline in minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from _runner import report, run_arms
+
+PAIR = "recipes/cifar10/cpu-resnet20-resnet8.yaml"
+M = "recipes/methods/{}.yaml"
+
+
+def method(name: str, *over: str) -> tuple[list[str], list[str]]:
+    return [PAIR, M.format(name)], list(over)
+
+
+def tables(epochs: int, teachers: str) -> dict[str, dict[str, tuple[list[str], list[str]]]]:
+    pick = "views=[{name: cutmix_pick, criterion: %s, m: 2}]"
+    x2 = "schedule.multiplier=2"
+    hint = max(1, epochs // 4)  # FitNet's hint stage: a quarter of the schedule, then KD
+    fitnet = [f"stages.0.epochs={hint}", f"stages.0.schedule.epochs={hint}"]
+    at_last = ["student.insert.0.at=@last"]
+    t = {
+        "pilot": {"ce": method("ce"), "kd": method("kd")},
+        "catalogue": {
+            "ce": method("ce"), "kd": method("kd"), "dkd": method("dkd"), "crd": method("crd"),
+            "fitnet": method("fitnet", *fitnet), "at": method("at"), "sp": method("sp"), "rkd": method("rkd"),
+            "dml": method("dml", "cohort=[{name: resnet20}]"), "bss": method("bss"),
+        },
+        "augmentation": {
+            "ce": method("ce"), "kd": method("kd"), "ce_x2": method("ce", x2), "kd_x2": method("kd", x2),
+            "kd+tlmixup": method("kd_tlmixup"), "kd+tlcutmix": method("kd_tlcutmix"),
+            "kd+pick_tent": method("kd", pick % "teacher_entropy"), "kd+pick_random": method("kd", pick % "random"),
+        },
+        "backward": {
+            "kd": method("kd"), "kd+backward": method("kd_backward"),
+            "kd+backward_random": method("kd_backward", "views.0.direction=random"),
+        },
+        "letkd": {
+            "kd": method("kd"), "letkd1": method("letkd1", *at_last), "letkd2": method("letkd2"),
+            "letkd1_nosup": method("letkd1", *at_last, "objective.letkd_penult.weight=0"),
+        },
+        "beyond": {},
+    }
+    for cell, corr in CORRUPTIONS.items():
+        common = [f"data.corruption={corr}", "data.val_fraction=0.1", f"teacher.run={teachers}/{cell}/seed0",
+                  "teacher.recipe=null", "teacher.weights=best"]
+        for m in ("ce", "kd", "sp", "dml"):
+            extra = ["cohort=[{name: resnet20}]"] if m == "dml" else []
+            t["beyond"][f"{cell}-{m}"] = ([PAIR, M.format(m)], [*common, *extra])
+    return t
+
+
+CORRUPTIONS = {"noise40": "{noise: {rate: 0.4}, seed: 0}", "imb100": "{imbalance: {ratio: 100}, seed: 0}"}  # one corruption: teacher and students
+TEACHER = "recipes/cifar10/teachers/resnet20-cpu.yaml"
+
+
+def train_teachers(data: list[str], teachers: str, epochs: int, beyond: bool, subset: list[str]) -> None:
+    """The clean teacher (full training split) and, for ``beyond``, resnet20 on the student's corrupted subset,
+    early-stopped on its validation split. Finished ones are reused."""
+    from kdlab.engine import run_recipe
+    from kdlab.recipe import load_recipe
+
+    jobs = [("resnet20", [*data, *subset, f"schedule.epochs={epochs}"])]
+    if beyond:
+        for cell, corr in CORRUPTIONS.items():
+            jobs.append((cell, [*data, "data.kwargs.train_subset=10000", *subset, f"data.corruption={corr}",
+                                "data.val_fraction=0.1", f"schedule.epochs={epochs}"]))
+    for name, over in jobs:
+        run_recipe(load_recipe([TEACHER], [*over, f"name={name}", f"out={teachers}"]), quiet=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tables", default="pilot,catalogue,augmentation,backward,letkd,beyond")
+    p.add_argument("--seeds", default="0-2")
+    p.add_argument("--data", default="../shared/data/cifar10-jpeg", help="folder of the two .tar.gz archives")
+    p.add_argument("--out", default="runs/bench/cifar10-cpu")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="2,000 training and 500 test images, 1 epoch, seed 0, 2 cached views")
+    a = p.parse_args()
+    lo, _, hi = a.seeds.partition("-")
+    seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in a.seeds.split(",")]
+    data = [f"data.kwargs.root={Path(a.data).resolve()}"]
+    teachers, epochs, teacher_epochs, subset, small = "runs/cifar10-cpu/teachers", 20, 15, [], []
+    if a.smoke:
+        seeds, a.out, teachers, epochs, teacher_epochs = [0], a.out + "-smoke", "runs/cifar10-cpu-smoke/teachers", 1, 1
+        subset = ["data.kwargs.train_subset=2000", "data.kwargs.test_subset=500"]  # imbalance 100 needs >= 100 per class
+        small = [*subset, "schedule.epochs=1", "schedule.milestones=[]", "teacher.cache={path: auto, views: 2}"]
+    names = a.tables.split(",")
+    train_teachers(data, teachers, teacher_epochs, "beyond" in names, subset)
+    clean = [f"teacher.run={teachers}/resnet20/seed0", "teacher.recipe=null"]
+    common = [*data, *clean, "train.tensorboard=false", "train.progress=false", *small]
+    for name in names:
+        arms = {k: (f, [*common, *o]) for k, (f, o) in tables(epochs, teachers)[name].items()}
+        started = time.time()
+        dirs = run_arms(arms, seeds, f"{a.out}/{name}", workers=a.workers, force=a.force)
+        base = "ce" if "ce" in arms else ("kd" if "kd" in arms else None)
+        report(dirs, f"{a.out}/{name}", base, started=started,
+               title=f"CIFAR-10 (JPEG copy), {name}: resnet20 -> resnet8, "
+                     + ("SMOKE (2,000 training images, 1 epoch)" if a.smoke else f"10,000 training images, {epochs} epochs")
+                     + f", seeds {','.join(map(str, seeds))}")
+
+
+if __name__ == "__main__":
+    main()
