@@ -68,46 +68,32 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kdlab.registry import DATASETS, LAYERS, MODELS, TERMS, VIEWS, options
+    from kdlab.catalogue import REGISTRIES, fields, markdown, params_model
+    from kdlab.registry import options
 
-    registries = {"methods": TERMS, "models": MODELS, "datasets": DATASETS, "views": VIEWS, "layers": LAYERS}
-    kinds = [args.what] if args.what else list(registries)
+    kinds = [args.what] if args.what else list(REGISTRIES)
     if args.markdown:
-        print(registry_markdown({k: registries[k] for k in kinds}))
+        print(markdown(kinds), end="")
         return 0
     console = Console()
     for kind in kinds:
-        table = Table(title=kind, show_lines=False)
+        table = Table(title=kind, show_lines=args.verbose)
         table.add_column("name", style="bold")
         table.add_column("description")
         table.add_column("paper")
         if kind == "datasets":  # data.kwargs are free-form: show each builder's options and defaults
             table.add_column("options (data.kwargs)")
-        for e in registries[kind].entries():
+        elif args.verbose:
+            table.add_column("parameters")
+        for e in REGISTRIES[kind].entries():
             extra = [", ".join(options(e.obj))] if kind == "datasets" else []
+            model = params_model(e.obj)
+            if args.verbose and kind != "datasets":
+                extra = ["\n".join(f"{n}={d}" + (f": {desc}" if desc else "") for n, d, desc in fields(model))
+                         if model is not None else ", ".join(options(e.obj))]
             table.add_row(e.name, e.description, e.paper, *extra)
         console.print(table)
     return 0
-
-
-def registry_markdown(registries: dict) -> str:
-    """Markdown tables of registered entries with their parameter defaults (docs/catalogue.md is this)."""
-    out = []
-    for kind, reg in registries.items():
-        out += [f"## {kind}", "", "| name | description | paper | parameters (defaults) |", "| --- | --- | --- | --- |"]
-        for e in reg.entries():
-            params = getattr(e.obj, "Params", None)
-            fields = ""
-            if params is not None and hasattr(params, "model_fields"):
-                fields = ", ".join(f"`{n}={f.get_default(call_default_factory=True)!r}`"
-                                   for n, f in params.model_fields.items() if not f.is_required())
-            elif kind == "datasets":  # builder keyword arguments (data.kwargs)
-                from kdlab.registry import options
-
-                fields = ", ".join(f"`{o}`" for o in options(e.obj))
-            out.append(f"| `{e.name}` | {e.description} | {e.paper} | {fields} |")
-        out.append("")
-    return "\n".join(out)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -243,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list registered methods, models, datasets or views")
     ls.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "views", "layers"])
-    ls.add_argument("--markdown", action="store_true", help="print Markdown tables with parameter defaults")
+    ls.add_argument("--markdown", action="store_true", help="print Markdown tables with parameter defaults and "
+                    "descriptions (all kinds: docs/catalogue.md)")
+    ls.add_argument("--verbose", "-v", action="store_true", help="show every parameter with its default and "
+                    "description")
     ls.set_defaults(fn=cmd_list)
 
     rep = sub.add_parser("report", help="aggregate run folders into a Markdown/CSV table and PNG plots")

@@ -41,9 +41,9 @@ class InsertSpec(Strict):
     """A layer from the LAYERS registry inserted after the module at ``at`` (path or ``@alias``); it becomes
     part of the student (trained, saved, exported, kept at inference), e.g. the letKD layer."""
 
-    at: str
-    layer: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    at: str = Field(description="module path or @alias of the student after which the layer is inserted")
+    layer: str = Field(description="a LAYERS registry name (kdlab list layers)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="the layer's keyword arguments")
 
     @field_validator("layer")
     @classmethod
@@ -59,10 +59,13 @@ class ModelSpec(Strict):
     torch state-dict file loaded into the built model before any layer is inserted; a resumed run uses its
     checkpoint instead)."""
 
-    name: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    insert: list[InsertSpec] = Field(default_factory=list)
-    weights: str | None = None
+    name: str = Field(description="a MODELS registry name, timm:NAME, torchvision:NAME or package.module:function")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="the model builder's keyword arguments "
+                                   "(num_classes and input_shape come from the dataset)")
+    insert: list[InsertSpec] = Field(default_factory=list, description="layers inserted into the model, kept "
+                                     "at inference")
+    weights: str | None = Field(None, description="initial weights: a safetensors or torch state-dict file, "
+                                "loaded before any layer is inserted")
 
     @model_validator(mode="before")
     @classmethod
@@ -90,8 +93,8 @@ class ModelSpec(Strict):
 class ViewSpec(Strict):
     """One augmentation view from the VIEWS registry with its validated parameters."""
 
-    name: str
-    params: Any = None
+    name: str = Field(description="a VIEWS registry name (kdlab list views)")
+    params: Any = Field(None, description="the view's parameters, validated by its Params model")
 
     @model_validator(mode="before")
     @classmethod
@@ -188,18 +191,20 @@ def _parse_objective(raw: Any) -> dict[str, TermSpec]:
 class CacheSpec(Strict):
     """A teacher's soft-label cache (``kdlab.teachers.cached``): where it lives and how it stores outputs."""
 
-    # "auto": built on first use next to the teacher's run folder (or under $KDLAB_CACHE / ~/.cache/kdlab for a
-    # model/checkpoint teacher), then reused; otherwise the folder of a cache made by `kdlab cache build`.
-    path: str = "auto"
-    # "all": every (crop offset, flip) of the augmentation (exact: a cached run trains on the same images as a
-    # live one); K: K views per sample drawn once and stored with their parameters (any augmentation).
-    views: Literal["all"] | int = "all"
-    dtype: Literal["fp16", "fp32"] = "fp16"
-    topk: int | None = Field(None, gt=0)  # store the k largest log-probabilities + the rest mass (many classes)
-    taps: list[str] = Field(default_factory=list)  # teacher features to store too (feature methods)
-    placement: Literal["auto", "device", "memory", "mmap"] = "auto"
-    seed: int = 0  # draws the K views of `views: K`
-    shard: int = Field(4096, gt=0)  # samples per shard file (a build resumes shard by shard)
+    path: str = Field("auto", description="auto: built on first use next to the teacher's run folder (or under "
+                      "$KDLAB_CACHE / ~/.cache/kdlab for a model/checkpoint teacher), then reused; otherwise the "
+                      "folder of a cache made by `kdlab cache build`")
+    views: Literal["all"] | int = Field("all", description="all: every (crop offset, flip) of the augmentation "
+                                        "(exact: a cached run trains on the same images as a live one); K: K views "
+                                        "per sample drawn once and stored with their parameters (any augmentation)")
+    dtype: Literal["fp16", "fp32"] = Field("fp16", description="storage precision of the cached outputs")
+    topk: int | None = Field(None, gt=0, description="store the k largest log-probabilities plus the rest mass "
+                             "(many classes); None: all of them")
+    taps: list[str] = Field(default_factory=list, description="teacher features to store too (feature methods)")
+    placement: Literal["auto", "device", "memory", "mmap"] = Field("auto", description="where the cache is read "
+                                                                   "from during training")
+    seed: int = Field(0, description="draws the K views of `views: K`")
+    shard: int = Field(4096, gt=0, description="samples per shard file (a build resumes shard by shard)")
 
     @model_validator(mode="before")
     @classmethod
@@ -221,13 +226,17 @@ class TeacherSpec(Strict):
     A cache alone (no run/model) serves logit methods; views and terms needing the teacher on new inputs
     then fail before training, naming themselves."""
 
-    run: str | None = None
-    recipe: str | None = None
-    weights: Literal["final", "best"] = "final"
-    model: ModelSpec | None = None
-    checkpoint: str | None = None
-    taps: list[str] = Field(default_factory=list)
-    cache: CacheSpec | None = None
+    run: str | None = Field(None, description="a kdlab run folder holding the trained teacher")
+    recipe: str | None = Field(None, description="the recipe that trains the teacher into `run` when it is not "
+                               "finished (once; other students wait for it)")
+    weights: Literal["final", "best"] = Field("final", description="the run's last-epoch or best-epoch weights")
+    model: ModelSpec | None = Field(None, description="the teacher network (with `checkpoint`, or a factory that "
+                                    "brings its weights) instead of a run folder")
+    checkpoint: str | None = Field(None, description="weights for `model`: safetensors, or a torch file loaded with "
+                                   "weights_only=True")
+    taps: list[str] = Field(default_factory=list, description="extra teacher module paths to expose to terms")
+    cache: CacheSpec | None = Field(None, description="a soft-label cache that serves clean batches instead of "
+                                    "the model (auto or a folder)")
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherSpec":
@@ -244,20 +253,25 @@ class TeacherSpec(Strict):
 
 
 class DataSpec(Strict):
-    name: str = "digits"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    batch_size: int = Field(64, gt=0)
-    eval_batch_size: int = Field(1000, gt=0)
-    augment: list[ViewSpec] = Field(default_factory=list)
-    resident: bool = True
-    num_workers: int = Field(0, ge=0)
-    drop_last: bool = False
-    # Label noise / class imbalance on the training split (kdlab.data.corrupt.CorruptionSpec); test untouched.
-    corruption: Any = None
-    # A validation split carved (stratified, `split_seed`) from the training split after corruption, so
-    # model selection and early stopping see the same noisy/imbalanced labels as training, never the test set.
-    val_fraction: float = Field(0.0, ge=0, lt=1)
-    split_seed: int = 0
+    """The dataset a run trains and is tested on, how it is batched and augmented."""
+
+    name: str = Field("digits", description="a DATASETS registry name (kdlab list datasets) or "
+                      "package.module:function")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="the dataset builder's keyword arguments "
+                                   "(root, train_subset, ...)")
+    batch_size: int = Field(64, gt=0, description="training batch size (per process under torchrun)")
+    eval_batch_size: int = Field(1000, gt=0, description="batch size of evaluation passes")
+    augment: list[ViewSpec] = Field(default_factory=list, description="per-sample augmentation views applied to "
+                                    "every training batch, in order (kdlab list views)")
+    resident: bool = Field(True, description="keep the decoded dataset in memory (false: stream from disk)")
+    num_workers: int = Field(0, ge=0, description="loader worker processes for streamed datasets")
+    drop_last: bool = Field(False, description="drop the last, smaller training batch of each epoch")
+    corruption: Any = Field(None, description="label noise / class imbalance on the training split "
+                            "(kdlab.data.corrupt.CorruptionSpec); the test split is untouched")
+    val_fraction: float = Field(0.0, ge=0, lt=1, description="a validation split carved (stratified) from the "
+                                "training split after corruption, so model selection and early stopping see the "
+                                "same labels as training, never the test set")
+    split_seed: int = Field(0, description="seed of the stratified validation carve-out")
 
     @field_validator("corruption", mode="before")
     @classmethod
@@ -292,12 +306,12 @@ def _one_of(kind: str, name: str, table: dict[str, Any]) -> str:
 
 
 class OptimSpec(Strict):
-    name: str = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    name: str = Field("sgd", description="an optimiser of kdlab.engine.optim.OPTIMIZERS: sgd or adamw")
+    lr: float = Field(0.05, gt=0, description="base learning rate (the schedule multiplies it)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD, when momentum > 0)")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (decoupled for adamw)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's moment coefficients")
 
     @field_validator("betas")
     @classmethod
@@ -317,12 +331,15 @@ class OptimSpec(Strict):
 class ScheduleSpec(Strict):
     """Learning-rate schedule over ``epochs``; ``multiplier`` scales epochs and milestones together (×2, ×4)."""
 
-    name: str = "multistep"
-    epochs: int = Field(30, gt=0)
-    milestones: list[int] = Field(default_factory=lambda: [15, 22])
-    gamma: float = Field(0.1, gt=0)
-    warmup_epochs: int = Field(0, ge=0)
-    multiplier: float = Field(1.0, gt=0)
+    name: str = Field("multistep", description="a schedule of kdlab.engine.optim.SCHEDULES: multistep, cosine "
+                      "or constant")
+    epochs: int = Field(30, gt=0, description="training epochs (before `multiplier`)")
+    milestones: list[int] = Field(default_factory=lambda: [15, 22], description="multistep: epochs at which the "
+                                  "learning rate is multiplied by `gamma`")
+    gamma: float = Field(0.1, gt=0, description="multistep: the factor at each milestone")
+    warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over this many epochs")
+    multiplier: float = Field(1.0, gt=0, description="scales epochs and milestones together (x2, x4: longer "
+                              "schedules)")
 
     @field_validator("name")
     @classmethod
@@ -343,47 +360,50 @@ class ScheduleSpec(Strict):
 class CompileSpec(Strict):
     """``train.compile`` as a block: torch.compile options for the students (and live teachers)."""
 
-    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    # CUDA graphs (fixed shapes only: keep data.drop_last on): the same as mode reduce-overhead.
-    cuda_graphs: bool = False
-    teacher: bool = True  # compile a live teacher's forward too
-    fullgraph: bool = False
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile's mode")
+    cuda_graphs: bool = Field(False, description="CUDA graphs (fixed shapes only: keep data.drop_last on); the "
+                              "same as mode reduce-overhead")
+    teacher: bool = Field(True, description="compile a live teacher's forward too")
+    fullgraph: bool = Field(False, description="torch.compile's fullgraph (fail on graph breaks)")
 
 
 class TrainSpec(Strict):
-    device: str = "auto"
-    # auto: bf16 autocast on CUDA devices with bf16, fp32 elsewhere (bf16 autocast halves the speed of these
-    # models on a CPU without AMX; measured in benchmarks/RESULTS.md, "Teacher cache").
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # auto (None): channels_last for image inputs of at least 16x16 (1.2x faster for the CIFAR zoo on this CPU,
-    # the usual choice on GPUs); NCHW for smaller images and non-image inputs.
-    channels_last: bool | None = None
-    # true, or a block {mode, cuda_graphs, teacher, fullgraph}: torch.compile the students (and live teachers).
-    compile: bool | CompileSpec = False
-    # Under torchrun: ddp (DistributedDataParallel over the students and the objectives' connectors) or fsdp.
-    parallel: Literal["ddp", "fsdp"] = "ddp"
-    sync_batchnorm: bool = False  # SyncBatchNorm across ranks (CUDA only: PyTorch has no CPU kernel for it)
-    # DDP's find_unused_parameters; None = on when a step may leave parameters without a gradient (trainable
-    # connectors, extra views, a stage's trainable subset), off for plain logit KD (no graph walk per step).
-    find_unused: bool | None = None
-    grad_clip: float | None = Field(None, gt=0)
-    threads: int | None = Field(None, gt=0)
-    checkpoint_every: int = Field(1, gt=0)
-    eval_every: int = Field(1, gt=0)
-    progress: bool | None = None
-    tensorboard: bool = True
-    # Per-epoch trackers besides metrics.jsonl (kdlab/engine/logger.py): tensorboard, csv, wandb, mlflow.
-    # None = [tensorboard]; `tensorboard: false` drops tensorboard from the list (the older switch).
-    loggers: list[str] | None = None
-    # Extra views: one student pass over [x, x'] (BatchNorm statistics mix both, as one batch) or separate
-    # passes (the authors' code for TLCutMix/CutMixPick). Separate is the faithful default.
-    concat_views: bool = False
-    # The frozen teacher runs under bf16 autocast where the device supports it (CUDA with bf16); its
-    # outputs are cast back to float32 before any loss. Set false to keep the teacher in float32.
-    teacher_bf16: bool = True
-    # Losses are summed on the device and read (with the non-finite check, which names the first bad step)
-    # once per epoch (0) or every N steps: no host synchronisation inside a step.
-    sync_every: int = Field(0, ge=0)
+    """How the run executes: device, precision, compilation, parallelism, logging."""
+
+    device: str = Field("auto", description="auto (CUDA when available, else CPU) or a torch device (cpu, cuda:1)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on CUDA "
+                                                               "devices with bf16, fp32 elsewhere (bf16 autocast "
+                                                               "halves the speed of these models on a CPU without "
+                                                               "AMX; benchmarks/RESULTS.md, Teacher cache)")
+    channels_last: bool | None = Field(None, description="None: channels_last for image inputs of at least 16x16 "
+                                       "(1.2x faster for the CIFAR zoo on a CPU, the usual choice on GPUs); NCHW for "
+                                       "smaller images and non-image inputs")
+    compile: bool | CompileSpec = Field(False, description="true, or a block {mode, cuda_graphs, teacher, "
+                                        "fullgraph}: torch.compile the students (and live teachers)")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: ddp (DistributedDataParallel over "
+                                             "the students and the objectives' connectors) or fsdp")
+    sync_batchnorm: bool = Field(False, description="SyncBatchNorm across ranks (CUDA only: PyTorch has no CPU "
+                                 "kernel for it)")
+    find_unused: bool | None = Field(None, description="DDP's find_unused_parameters; None: on when a step may "
+                                     "leave parameters without a gradient (trainable connectors, extra views, a "
+                                     "stage's trainable subset), off for plain logit KD")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    threads: int | None = Field(None, gt=0, description="CPU threads (else $KDLAB_THREADS, else one per core)")
+    checkpoint_every: int = Field(1, gt=0, description="write the resume checkpoint every N epochs")
+    eval_every: int = Field(1, gt=0, description="evaluate on the test (and validation) split every N epochs")
+    progress: bool | None = Field(None, description="None: a bar only on a terminal; true: always; false: neither "
+                                  "bar nor epoch lines")
+    tensorboard: bool = Field(True, description="false drops tensorboard from `loggers` (the older switch)")
+    loggers: list[str] | None = Field(None, description="per-epoch trackers besides metrics.jsonl: tensorboard, "
+                                      "csv, wandb, mlflow; None: [tensorboard]")
+    concat_views: bool = Field(False, description="extra views: one student pass over [x, x'] (BatchNorm "
+                               "statistics mix both) instead of separate passes (the authors' code for "
+                               "TLCutMix/CutMixPick, the faithful default)")
+    teacher_bf16: bool = Field(True, description="the frozen teacher runs under bf16 autocast where the device "
+                               "supports it; its outputs are cast to float32 before any loss")
+    sync_every: int = Field(0, ge=0, description="read the summed losses (and check them for non-finite values) "
+                            "every N steps; 0: once per epoch, so no host synchronisation inside a step")
 
     @field_validator("loggers")
     @classmethod
@@ -402,12 +422,13 @@ class StageSpec(Strict):
     """One stage of a multi-stage recipe (e.g. a FitNet hint stage, then KD). Unset blocks inherit the
     recipe's top-level ones; ``trainable`` limits training to student module paths (prefixes)."""
 
-    name: str
-    epochs: int | None = Field(None, gt=0)
-    objective: dict[str, TermSpec] | None = None
-    optim: OptimSpec | None = None
-    schedule: ScheduleSpec | None = None
-    trainable: list[str] | None = None
+    name: str = Field(description="the stage's label (logs, checkpoints)")
+    epochs: int | None = Field(None, gt=0, description="the stage's epochs (else its schedule's)")
+    objective: dict[str, TermSpec] | None = Field(None, description="the stage's terms (else the recipe's)")
+    optim: OptimSpec | None = Field(None, description="the stage's optimiser (else the recipe's)")
+    schedule: ScheduleSpec | None = Field(None, description="the stage's schedule (else the recipe's)")
+    trainable: list[str] | None = Field(None, description="student module path prefixes trained in this stage "
+                                        "(else the whole student)")
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -416,22 +437,30 @@ class StageSpec(Strict):
 
 
 class Recipe(Strict):
-    name: str = "run"
-    seed: int = Field(0, ge=0, lt=2**63)  # torch.manual_seed's range
-    out: str = "runs"
-    # Modules imported before the rest of the recipe is validated, so what they register can be named
-    # (``plugins: [mypkg.kd_extras]``); kept in the run folder's recipe.yaml, so resume/export import them too.
-    plugins: list[str] = Field(default_factory=list)
-    data: DataSpec = Field(default_factory=DataSpec)
-    student: ModelSpec
-    cohort: list[ModelSpec] = Field(default_factory=list)
-    teacher: TeacherSpec | list[TeacherSpec] | None = None
-    objective: dict[str, TermSpec] = Field(default_factory=lambda: _parse_objective({"ce": {}}))
-    views: list[ViewSpec] = Field(default_factory=list)
-    optim: OptimSpec = Field(default_factory=OptimSpec)
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    stages: list[StageSpec] | None = None
-    train: TrainSpec = Field(default_factory=TrainSpec)
+    """A whole run: data, student, teacher(s), objective, optimisation, execution."""
+
+    name: str = Field("run", description="the run's folder under `out` (one sub-folder per seed)")
+    seed: int = Field(0, ge=0, lt=2**63, description="seeds initialisation, data order and augmentation "
+                      "(torch.manual_seed's range)")
+    out: str = Field("runs", description="the folder that holds the run folders")
+    plugins: list[str] = Field(default_factory=list, description="modules imported before the rest of the recipe "
+                               "is validated, so what they register can be named (kept in the run folder's "
+                               "recipe.yaml, so resume/export import them too)")
+    data: DataSpec = Field(default_factory=DataSpec, description="the dataset block")
+    student: ModelSpec = Field(description="the network being trained")
+    cohort: list[ModelSpec] = Field(default_factory=list, description="more students trained alongside (online "
+                                    "methods such as dml)")
+    teacher: TeacherSpec | list[TeacherSpec] | None = Field(None, description="the frozen teacher(s); null for "
+                                                            "none")
+    objective: dict[str, TermSpec] = Field(default_factory=lambda: _parse_objective({"ce": {}}), description=(
+        "label -> term parameters (kdlab list methods); a label other than a term name sets `term:`"))
+    views: list[ViewSpec] = Field(default_factory=list, description="extra batches built from each training "
+                                  "batch (mixup, cutmix, backward...) for the objective")
+    optim: OptimSpec = Field(default_factory=OptimSpec, description="the optimiser block")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="the learning-rate schedule block")
+    stages: list[StageSpec] | None = Field(None, description="stages run in order, each overriding objective, "
+                                           "optim, schedule or trainable modules")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="the execution block")
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -474,6 +503,11 @@ class Recipe(Strict):
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML-safe) that validates back to an equal recipe."""
         return _plain(self)
+
+
+def to_plain(obj: Any) -> Any:
+    """Recipe objects (blocks, terms, views) as YAML-safe data; other values unchanged."""
+    return _plain(obj)
 
 
 def _plain(obj: Any) -> Any:

@@ -63,10 +63,14 @@ from kdlab.schema import Strict
 class NoiseSpec(Strict):
     """Label noise on the training labels (see the module docstring for the exact draws)."""
 
-    kind: Literal["symmetric", "asymmetric"] = "symmetric"
-    rate: float = Field(..., ge=0.0, lt=1.0)
-    exclude_true: bool = True
-    map: dict[int, int] | None = None  # asymmetric only: source class -> target class
+    kind: Literal["symmetric", "asymmetric"] = Field("symmetric", description="symmetric: to other classes "
+                                                     "uniformly; asymmetric: class c -> map[c]")
+    rate: float = Field(..., ge=0.0, lt=1.0, description="fraction of the samples (of each mapped class, "
+                        "asymmetric) whose label is replaced")
+    exclude_true: bool = Field(True, description="symmetric: draw the new label from the other C-1 classes (so "
+                               "every selected label changes)")
+    map: dict[int, int] | None = Field(None, description="asymmetric only: source class -> target class (default: "
+                                       "the CIFAR-10/100 maps, else c -> c+1)")
 
     @model_validator(mode="after")
     def _map_only_asymmetric(self) -> "NoiseSpec":
@@ -78,18 +82,21 @@ class NoiseSpec(Strict):
 class ImbalanceSpec(Strict):
     """Long-tailed (exponential) or step imbalance of the training split."""
 
-    kind: Literal["exponential", "step"] = "exponential"
-    ratio: float = Field(..., ge=1.0)  # n_max / n_min
-    minority_fraction: float = Field(0.5, ge=0.0, le=1.0)  # step only: mu, the fraction of minority classes
-    n_max: int | None = Field(None, gt=0)  # None: the smallest class size of the training split
+    kind: Literal["exponential", "step"] = Field("exponential", description="exponential (Cui et al. 2019) or "
+                                                 "step (Buda et al. 2018) class sizes")
+    ratio: float = Field(..., ge=1.0, description="n_max / n_min")
+    minority_fraction: float = Field(0.5, ge=0.0, le=1.0, description="step only: mu, the fraction of minority "
+                                     "classes")
+    n_max: int | None = Field(None, gt=0, description="the largest class size kept; None: the smallest class size "
+                              "of the training split")
 
 
 class CorruptionSpec(Strict):
     """``data.corruption`` of a recipe: imbalance first, then noise; ``seed: null`` uses the run's seed."""
 
-    noise: NoiseSpec | None = None
-    imbalance: ImbalanceSpec | None = None
-    seed: int | None = None
+    noise: NoiseSpec | None = Field(None, description="label noise, applied after the imbalance")
+    imbalance: ImbalanceSpec | None = Field(None, description="class imbalance of the training split")
+    seed: int | None = Field(None, description="seed of the draws; null: the run's seed")
 
     @field_validator("noise", "imbalance", mode="before")
     @classmethod

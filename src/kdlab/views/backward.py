@@ -189,20 +189,26 @@ def ascend(x0: torch.Tensor, divergence_fn: Callable[[torch.Tensor], torch.Tenso
 class BackwardParams(ExtraParams):
     """Recipe fields of the ``backward`` view (defaults: research note §2.3, all [ours])."""
 
-    weight: float = Field(0.25, ge=0)  # λ_aux: weight of the objective on x̃
-    targets: Literal["teacher"] = "teacher"  # never the original hard label on x̃
-    tau: float = Field(4.0, gt=0)  # temperature of the divergence D
-    steps: int = Field(1, ge=1)  # K
-    eta: float = Field(0.1, ge=0)  # total budget, per-element RMS in normalised units (l2/sign)
-    step_rule: StepRule = "l2"
-    ball: Literal["l2", "linf"] | None = None  # optional ball of radius eps around the start
-    eps: float | None = Field(None, gt=0)
-    direction: Literal["gradient", "random"] = "gradient"  # random = same-norm control
-    schedule: Literal["online", "offline"] = "online"
-    fraction: float = Field(1.0, gt=0, le=1)  # of the batch (online) or of the training split (offline)
-    every: int = Field(5, ge=1)  # offline: regenerate every E epochs
-    ratio: float = Field(1.0, gt=0)  # offline: ρ aux samples per clean sample per step
-    stats_pass: bool = True  # one no-grad student forward on x̃ for the d_after stat
+    weight: float = Field(0.25, ge=0, description="λ_aux: weight of the objective on x̃")
+    targets: Literal["teacher"] = Field("teacher", description="always the teacher: never the original hard "
+                                        "label on x̃")
+    tau: float = Field(4.0, gt=0, description="temperature of the divergence D that the ascent increases")
+    steps: int = Field(1, ge=1, description="K, ascent steps per sample")
+    eta: float = Field(0.1, ge=0, description="total budget, per-element RMS in normalised units (l2/sign); a plain "
+                       "step size for raw")
+    step_rule: StepRule = Field("l2", description="l2: (η/K)·sqrt(d)·g/‖g‖ per sample; sign: (η/K)·sign(g); raw: "
+                                "(η/K)·g")
+    ball: Literal["l2", "linf"] | None = Field(None, description="optional ball of radius eps around the start")
+    eps: float | None = Field(None, gt=0, description="radius of `ball` (give both or neither)")
+    direction: Literal["gradient", "random"] = Field("gradient", description="random: a same-norm random "
+                                                     "direction (the control)")
+    schedule: Literal["online", "offline"] = Field("online", description="online: from every batch; offline: a "
+                                                   "set regenerated every `every` epochs")
+    fraction: float = Field(1.0, gt=0, le=1, description="of the batch (online) or of the training split "
+                            "(offline)")
+    every: int = Field(5, ge=1, description="offline: regenerate every E epochs")
+    ratio: float = Field(1.0, gt=0, description="offline: ρ auxiliary samples per clean sample per step")
+    stats_pass: bool = Field(True, description="one no-grad student forward on x̃ for the d_after statistic")
 
     @model_validator(mode="after")
     def _ball_needs_eps(self) -> "BackwardParams":

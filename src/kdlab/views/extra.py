@@ -33,9 +33,12 @@ if TYPE_CHECKING:
 class ExtraParams(Strict):
     """Fields every extra view has."""
 
-    weight: float = Field(1.0, ge=0)  # multiplier of the objective computed on x' (Wang et al.: 1, inside alpha)
-    targets: Literal["teacher", "labels"] = "teacher"
-    mode: Literal["add", "replace"] = "add"  # add x' to the clean batch (the paper) or train on x' only
+    weight: float = Field(1.0, ge=0, description="multiplier of the objective computed on x' (Wang et al.: 1, "
+                          "inside alpha)")
+    targets: Literal["teacher", "labels"] = Field("teacher", description="what the terms on x' learn from: the "
+                                                  "teacher's outputs on x' or the (mixed) labels")
+    mode: Literal["add", "replace"] = Field("add", description="add x' to the clean batch (the paper) or train on "
+                                            "x' only")
 
 
 @dataclass

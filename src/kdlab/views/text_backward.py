@@ -119,18 +119,22 @@ def project_simplex(v: torch.Tensor, allowed: torch.Tensor | None = None, *, top
 class TextBackwardParams(ExtraParams):
     """Recipe fields of ``backward_text`` (defaults: research note §2.3 where they carry over, else ours)."""
 
-    weight: float = Field(0.25, ge=0)  # λ_aux
-    targets: Literal["teacher"] = "teacher"
-    space: Literal["embedding", "relaxed"] = "relaxed"
-    tau: float = Field(4.0, gt=0)
-    steps: int = Field(1, ge=1)
-    eta: float | None = Field(None, ge=0)  # None: 0.1 (embedding, fraction of the embedding norm) / 5.0 (relaxed)
-    step_rule: StepRule = "l2"
-    direction: Literal["gradient", "random"] = "gradient"
-    fraction: float = Field(1.0, gt=0, le=1)
-    special_ids: list[int] | None = None  # default: the union of both models' special_ids
-    trim: bool = True
-    stats_pass: bool = True
+    weight: float = Field(0.25, ge=0, description="λ_aux: weight of the objective on the auxiliary samples")
+    targets: Literal["teacher"] = Field("teacher", description="always the teacher: never the original label")
+    space: Literal["embedding", "relaxed"] = Field("relaxed", description="ascend in embedding space or on relaxed "
+                                                   "(soft one-hot) tokens")
+    tau: float = Field(4.0, gt=0, description="temperature of the divergence that the ascent increases")
+    steps: int = Field(1, ge=1, description="K, ascent steps per sample")
+    eta: float | None = Field(None, ge=0, description="step budget; None: 0.1 (embedding, fraction of the embedding "
+                              "norm) / 5.0 (relaxed)")
+    step_rule: StepRule = Field("l2", description="l2, sign or raw, as the backward view")
+    direction: Literal["gradient", "random"] = Field("gradient", description="random: a same-norm random "
+                                                     "direction (the control)")
+    fraction: float = Field(1.0, gt=0, le=1, description="fraction of the batch that gets an auxiliary sample")
+    special_ids: list[int] | None = Field(None, description="token ids never perturbed; None: the union of both "
+                                          "models' special_ids")
+    trim: bool = Field(True, description="drop trailing columns that are padding in every row before generating")
+    stats_pass: bool = Field(True, description="one no-grad student forward for the d_after statistic")
 
 
 def _text_model(model: Any, role: str) -> Any:

@@ -1,0 +1,33 @@
+"""Field documentation lives in the code (``Field(description=...)``) and reaches users through ``kdlab list
+--verbose`` and ``docs/catalogue.md``, which must be what ``kdlab list --markdown`` prints now."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdlab.catalogue import REGISTRIES, fields, markdown, params_model, recipe_fields
+from kdlab.cli import main
+
+CATALOGUE = Path(__file__).resolve().parents[1] / "docs" / "catalogue.md"
+
+
+def test_docs_catalogue_is_what_kdlab_list_markdown_prints():
+    assert CATALOGUE.read_text(encoding="utf-8") == markdown(), (
+        "docs/catalogue.md is stale: regenerate it with `kdlab list --markdown > docs/catalogue.md`")
+
+
+def test_every_recipe_field_has_a_description():
+    missing = [path for path, _, desc in recipe_fields() if not desc]
+    assert not missing, f"recipe fields without Field(description=...): {missing}"
+
+
+def test_recipe_fields_reach_nested_blocks_once():
+    paths = [p for p, _, _ in recipe_fields()]
+    assert {"data.corruption.noise.rate", "teacher.cache.views", "stages[].trainable", "train.compile.mode"} <= set(paths)
+    assert "teacher.model.name" not in paths  # the model block is described once, under `student`
+
+
+def test_list_verbose_shows_descriptions(capsys):
+    assert main(["list", "views", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "probability that a sample is flipped" in out and "p=0.5" in out
