@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from kdlab.engine import run_recipe
+from kdlab.engine.progress import silenced
 from kdlab.recipe import load_recipe
 
 HERE = Path(__file__).parent
@@ -35,13 +36,14 @@ def run_demo(out: str | Path = "runs/demo", seeds: list[int] | None = None, forc
     t0 = time.perf_counter()
     console.print(f"[bold]kdlab demo[/]: digits (scikit-learn), teacher smallcnn×2 -> student smallcnn×0.25, "
                   f"seeds {seeds}; runs in {out}")
-    run_recipe(demo_recipe("teacher", out), existing=existing)
     run_dirs = []
-    for name in ("ce", "kd"):
-        for seed in seeds:
-            r = demo_recipe(name, out, seed)
-            run_recipe(r, existing=existing)
-            run_dirs.append(r.run_dir())
+    with silenced():  # one line per run (its top-1 and time), not one per epoch
+        run_recipe(demo_recipe("teacher", out), existing=existing)
+        for name in ("ce", "kd"):
+            for seed in seeds:
+                r = demo_recipe(name, out, seed)
+                run_recipe(r, existing=existing)
+                run_dirs.append(r.run_dir())
     report = write_report(run_dirs, out / "report", baseline="ce")
     # The Markdown table reads well in any terminal and pastes into benchmarks/RESULTS.md as is.
     table = [line for line in report["markdown"].splitlines() if line.startswith("|")]
