@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from kdlab.catalogue import REGISTRIES, fields, markdown, params_model, recipe_fields
@@ -12,8 +14,12 @@ CATALOGUE = Path(__file__).resolve().parents[1] / "docs" / "catalogue.md"
 
 
 def test_docs_catalogue_is_what_kdlab_list_markdown_prints():
-    assert CATALOGUE.read_text(encoding="utf-8") == markdown(), (
+    # a fresh process: other tests register their own entries in this one
+    out = subprocess.run([sys.executable, "-m", "kdlab.cli", "list", "--markdown"], capture_output=True, text=True,
+                         check=True).stdout
+    assert CATALOGUE.read_text(encoding="utf-8") == out, (
         "docs/catalogue.md is stale: regenerate it with `kdlab list --markdown > docs/catalogue.md`")
+    assert out.startswith(markdown().split("\n")[0])
 
 
 def test_every_recipe_field_has_a_description():
@@ -27,7 +33,8 @@ def test_recipe_fields_reach_nested_blocks_once():
     assert "teacher.model.name" not in paths  # the model block is described once, under `student`
 
 
-def test_list_verbose_shows_descriptions(capsys):
+def test_list_verbose_shows_descriptions(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps to the terminal width
     assert main(["list", "views", "--verbose"]) == 0
     out = capsys.readouterr().out
     assert "probability that a sample is flipped" in out and "p=0.5" in out

@@ -18,8 +18,14 @@ import torch
 import yaml
 from torch import nn
 
+from kdlab.data.arrays import from_arrays
+from kdlab.engine.checkpoint import fit_weights, read_weights
+from kdlab.engine.run import run_recipe
 from kdlab.errors import KDLabError
+from kdlab.recipe import _set_path, deep_merge, read_file, validate
+from kdlab.registry import DATASETS, MODELS, TERMS
 from kdlab.runfiles import FINAL_WEIGHTS, RECIPE
+from kdlab.shipped import recipes_dir
 
 def _as_xy(data: Any, what: str) -> tuple[Any, Any]:
     """``(X, y)`` arrays/tensors, or a map-style dataset of ``(x, y)`` pairs (stacked, so it must fit in memory)."""
@@ -46,8 +52,6 @@ def _fingerprint(dataset: Any) -> str:
 
 
 def _register_model(module: nn.Module, role: str, run: str) -> str:
-    from kdlab.registry import MODELS
-
     if not isinstance(module, nn.Module):
         raise KDLabError(f"{role}: expected a torch.nn.Module; got {type(module).__name__}")
     name = f"inmemory.{run}.{role}"
@@ -61,11 +65,6 @@ def _register_model(module: nn.Module, role: str, run: str) -> str:
 
 def method_recipe(method: str) -> dict[str, Any]:
     """The shipped ``recipes/methods/<method>.yaml`` (paper defaults), else ``{ce: 0.1, <method>: {}}``."""
-    from kdlab.recipe import read_file
-    from kdlab.registry import TERMS
-
-    from kdlab.shipped import recipes_dir
-
     try:
         path = recipes_dir() / "methods" / f"{method}.yaml"
     except KDLabError:
@@ -93,12 +92,6 @@ def distill(teacher: nn.Module | None, student: nn.Module, train: Any, test: Any
     as mappings (``optim={"lr": 0.01}``) or dotted paths (``**{"objective.kd.tau": 2}``). ``teacher=None`` with
     ``method="ce"`` is plain training. The run folder is ``out/name/seed{seed}`` (``name`` defaults to the method).
     """
-    from kdlab.data.arrays import from_arrays
-    from kdlab.engine.checkpoint import fit_weights, read_weights
-    from kdlab.engine.run import run_recipe
-    from kdlab.recipe import _set_path, deep_merge, validate
-    from kdlab.registry import DATASETS
-
     run = name or method
     xtr, ytr = _as_xy(train, "train")
     xte, yte = _as_xy(test, "test") if test is not None else (None, None)

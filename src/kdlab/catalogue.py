@@ -11,6 +11,8 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
+from kdlab.data.corrupt import CorruptionSpec
+from kdlab.recipe import Recipe, to_plain
 from kdlab.registry import DATASETS, LAYERS, MODELS, TERMS, VIEWS, Registry, options
 
 REGISTRIES: dict[str, Registry[Any]] = {"methods": TERMS, "models": MODELS, "datasets": DATASETS, "views": VIEWS,
@@ -29,7 +31,6 @@ def params_model(obj: Any) -> type[BaseModel] | None:
 def _default(field: Any) -> str:
     if field.is_required():
         return "required"
-    from kdlab.recipe import to_plain
 
     return repr(to_plain(field.get_default(call_default_factory=True)))
 
@@ -76,9 +77,6 @@ def recipe_fields(model: type[BaseModel] | None = None, prefix: str = "",
                   seen: dict[type, str] | None = None) -> list[tuple[str, str, str]]:
     """(dotted path, default, description) of every recipe field, each block expanded where it first appears
     (``stages[].optim``: the fields of ``optim``; ``data.corruption``: the corruption block)."""
-    from kdlab.data.corrupt import CorruptionSpec
-    from kdlab.recipe import Recipe
-
     model = model or Recipe
     seen = {} if seen is None else seen
     out: list[tuple[str, str, str]] = []

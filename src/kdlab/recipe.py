@@ -16,7 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from kdlab.engine.logger import resolve_loggers
 from kdlab.errors import KDLabError, nearest, unknown_name
+from kdlab.registry import DATASETS, LAYERS, MODELS, TERMS, VIEWS, import_plugins
 from kdlab.schema import Strict  # re-exported: kdlab.recipe.Strict is public
 from kdlab.schema import format_error as _format_error
 from kdlab.schema import validate_params as _validate_params
@@ -48,8 +50,6 @@ class InsertSpec(Strict):
     @field_validator("layer")
     @classmethod
     def _known(cls, v: str) -> str:
-        from kdlab.registry import LAYERS
-
         return _known(LAYERS, v)
 
 
@@ -83,8 +83,6 @@ class ModelSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from kdlab.registry import MODELS
-
         if ":" not in v and v not in MODELS:
             raise ValueError(str(_unknown("model", v, MODELS.names())))
         return v
@@ -99,8 +97,6 @@ class ViewSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _resolve(cls, data: Any) -> Any:
-        from kdlab.registry import VIEWS
-
         if isinstance(data, dict) and set(data) == {"name", "params"}:
             return data
         name, params = _component("view", data)
@@ -108,20 +104,14 @@ class ViewSpec(Strict):
         return {"name": name, "params": _validate_params(VIEWS.get(name).Params, params)}
 
     def build(self) -> Any:
-        from kdlab.registry import VIEWS
-
         return VIEWS.get(self.name)(self.params)
 
     @property
     def kind(self) -> str:
-        from kdlab.registry import VIEWS
-
         return getattr(VIEWS.get(self.name), "kind", "augment")
 
 
 def _check_kind(views: list[ViewSpec], kind: str, where: str) -> list[ViewSpec]:
-    from kdlab.registry import VIEWS
-
     for v in views:
         if v.kind != kind:
             allowed = [e.name for e in VIEWS.entries() if getattr(e.obj, "kind", "augment") == kind]
@@ -137,8 +127,6 @@ class TermSpec(Strict):
     params: Any = None
 
     def build(self) -> Any:
-        from kdlab.registry import TERMS
-
         return TERMS.get(self.term)(self.params)
 
 
@@ -157,8 +145,6 @@ def _unknown(kind: str, name: str, names: list[str]) -> KDLabError:
 
 def _parse_objective(raw: Any) -> dict[str, TermSpec]:
     """``{kd: {weight: 0.9, tau: 4}, ce: {weight: 0.1}}``; a label other than a term name uses ``term:``."""
-    from kdlab.registry import TERMS
-
     if isinstance(raw, list):  # [kd, ce] or [{term: kd, ...}]
         raw = {(r if isinstance(r, str) else r.get("term", f"term{i}")): ({} if isinstance(r, str) else r)
                for i, r in enumerate(raw)}
@@ -290,8 +276,6 @@ class DataSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from kdlab.registry import DATASETS
-
         return _known(DATASETS, v)
 
 
@@ -409,8 +393,6 @@ class TrainSpec(Strict):
     @classmethod
     def _known_loggers(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
-            from kdlab.engine.logger import resolve_loggers
-
             try:
                 resolve_loggers(v)
             except KDLabError as e:
@@ -644,8 +626,6 @@ def merge_files(files: list[str | Path]) -> dict[str, Any]:
 
 
 def validate(data: dict[str, Any], source: str = "recipe") -> Recipe:
-    from kdlab.registry import import_plugins
-
     try:  # plugins first: the modules they name register datasets/methods/views the rest may use
         import_plugins(data.get("plugins"))
     except KDLabError as e:

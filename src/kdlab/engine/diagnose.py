@@ -21,15 +21,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdlab.engine.checkpoint import fit_weights, read_weights
+from kdlab.engine.run import build_data, build_model_for, load_teacher, pick_device, set_threads
+from kdlab.engine.trainer import Trainer, epoch_seed
 from kdlab.errors import KDLabError
 from kdlab.recipe import Recipe
 from kdlab.runfiles import FINAL_WEIGHTS
+from kdlab.views.extra import ViewInput
 
 
 def load_student_weights(student: nn.Module, source: str | Path) -> None:
     """Trained weights into ``student``: a run folder (its final ``student.safetensors``) or a weights file."""
-    from kdlab.engine.checkpoint import fit_weights, read_weights
-
     path = Path(source)
     if path.is_dir():
         path = path / FINAL_WEIGHTS
@@ -43,10 +45,6 @@ def load_student_weights(student: nn.Module, source: str | Path) -> None:
 
 @torch.no_grad()
 def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5, student: str | Path | None = None) -> dict[str, Any]:
-    from kdlab.engine.run import build_data, build_model_for, load_teacher, pick_device, set_threads
-    from kdlab.engine.trainer import Trainer, epoch_seed
-    from kdlab.views.extra import ViewInput
-
     if not recipe.teachers:
         raise KDLabError("T. stddev needs a teacher: add `teacher:` to the recipe")
     set_threads(recipe.train.threads)

@@ -26,12 +26,17 @@ import torch
 import yaml
 
 from kdlab.build import build_network
+from kdlab.data import build_dataset
+from kdlab.data.builtin import stratified_subset
+from kdlab.data.checks import check_dataset
+from kdlab.data.corrupt import corrupt
 from kdlab.engine import distributed as dist
 from kdlab.engine.checkpoint import atomic_write, read_json, remove_stale_tmp
 from kdlab.engine.devices import pick_device
 from kdlab.engine.lock import folder_lock
 from kdlab.engine.trainer import Trainer, load_checkpoint
 from kdlab.errors import KDLabError
+from kdlab.preprocess import write_for_run
 from kdlab.recipe import ModelSpec, Recipe, TeacherSpec, load_recipe
 from kdlab.runfiles import CHECKPOINT, ENV, RECIPE, SUMMARY
 from kdlab.teachers.load import build_teachers, load_teacher  # load_teacher: kdlab.engine.run.load_teacher stays
@@ -56,14 +61,10 @@ def build_data(recipe: Recipe, run_dir: Path | None = None) -> Any:
     then the validation carve-out. The test split is never touched."""
     import dataclasses
 
-    from kdlab.data import build_dataset
-    from kdlab.data.builtin import stratified_subset
 
     d = recipe.data
     dataset = build_dataset(d.name, **d.kwargs)
     if d.corruption is not None:
-        from kdlab.data.corrupt import corrupt
-
         seed = d.corruption.seed if d.corruption.seed is not None else recipe.seed
         train, record = corrupt(dataset.train, dataset.num_classes, d.corruption, seed,
                                 class_names=dataset.classes or None)
@@ -77,7 +78,6 @@ def build_data(recipe: Recipe, run_dir: Path | None = None) -> Any:
         mask[val_idx] = False
         dataset = dataclasses.replace(dataset, train=dataset.train.subset(mask.nonzero().squeeze(1)),
                                       val=dataset.train.subset(val_idx))
-    from kdlab.data.checks import check_dataset
 
     check_dataset(dataset, batch_size=d.batch_size, drop_last=d.drop_last, world=dist.world())  # before any step
     return dataset
@@ -179,8 +179,6 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
         device = pick_device(recipe.train.device)
     dataset = build_data(recipe, run_dir if main else None)
     if main:
-        from kdlab.preprocess import write_for_run
-
         write_for_run(run_dir, recipe, dataset)  # what predict/eval/export need, so they never reload the data
         env_path = run_dir / ENV
         env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdlab.engine.devices import pick_device
+from kdlab.engine.run import run_recipe
 from kdlab.recipe import Recipe
 
 
@@ -87,9 +89,6 @@ class _Turns:
 def run_together(recipes: Sequence[Recipe], *, callbacks: Sequence[Any] = (), **kwargs: Any) -> list[dict[str, Any]]:
     """``run_recipe`` for every recipe (typically one per seed), interleaved step by step in one process.
     Returns the summaries in order; the first error of any seed is raised once every seed has stopped."""
-    from kdlab.engine.devices import pick_device
-    from kdlab.engine.run import run_recipe
-
     baton = Baton(len(recipes))
     results: list[Any] = [None] * len(recipes)
     errors: list[BaseException | None] = [None] * len(recipes)

@@ -9,6 +9,7 @@ from torch import nn
 
 from kdlab.capture import probe_shapes, resolve_alias, resolve_module, split_tap
 from kdlab.errors import KDLabError
+from kdlab.registry import LAYERS
 
 
 class Inserted(nn.Module):
@@ -27,8 +28,6 @@ class Inserted(nn.Module):
 def insert_layers(model: nn.Module, specs: Sequence[Any], *, input_shape: tuple[int, ...],
                   num_classes: int) -> nn.Module:
     """Insert ``specs`` (InsertSpec: at, layer, kwargs) in order; channel counts come from a probe."""
-    from kdlab.registry import LAYERS
-
     for spec in specs:
         path, want_input = split_tap(resolve_alias(model, spec.at))
         if want_input:

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdlab.engine.checkpoint import save_weights
 from kdlab.errors import KDLabError
 
 SKLEARN_MAX_WORK = 100_000_000  # N * K at or below which "auto" uses scikit-learn's KMeans
@@ -288,6 +289,5 @@ def load_cached(path: Path | None, fingerprint: dict[str, Any]) -> dict[str, tor
 def save_cached(path: Path | None, tensors: dict[str, torch.Tensor], fingerprint: dict[str, Any]) -> None:
     if path is None:
         return
-    from kdlab.engine.checkpoint import save_weights
 
     save_weights(path, tensors, metadata={"kdlab.fingerprint": json.dumps(fingerprint, sort_keys=True)})

@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
-from kdlab.engine.devices import memory_format_for, teacher_autocast
+from kdlab.engine.checkpoint import fit_weights, read_weights
+from kdlab.engine.devices import memory_format_for, pick_device, teacher_autocast
+from kdlab.engine.lock import folder_lock
 from kdlab.errors import KDLabError
-from kdlab.recipe import Recipe, TeacherSpec
+from kdlab.recipe import CacheSpec, Recipe, TeacherSpec, load_recipe
 from kdlab.runfiles import RECIPE, SUMMARY, WEIGHTS
 from kdlab.teachers.cached import CachedTeacher, build, fingerprint, read_meta, short, weights_digest
 from kdlab.teachers.live import LiveTeacher
@@ -61,7 +63,6 @@ def ensure_cache(recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeac
                  quiet: bool = True, progress: bool | None = None) -> Path:
     """The cache folder, built first if it is missing or unfinished (resumable), under a lock so that two
     processes wanting the same cache build it once."""
-    from kdlab.engine.lock import folder_lock
     from kdlab.engine.trainer import make_pipeline
 
     path, fp = cache_plan(recipe, spec, dataset, live, device)
@@ -80,11 +81,7 @@ def ensure_cache(recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeac
 def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quiet: bool = True) -> LiveTeacher:
     """A frozen teacher from a run folder (trained first from ``spec.recipe`` if it is not finished yet),
     or from a model spec with an optional checkpoint (a factory model brings its own weights)."""
-    from kdlab.engine.checkpoint import fit_weights, read_weights
-    from kdlab.engine.lock import folder_lock
     from kdlab.engine.run import build_model_for, run_recipe  # the driver trains an unfinished teacher run
-    from kdlab.recipe import load_recipe
-
     if spec.run is not None:
         run = Path(spec.run)
         if not (run / SUMMARY).exists():
@@ -152,10 +149,7 @@ def build_teachers(recipe: Recipe, dataset: Any, device: torch.device, *, quiet:
 def build_for_recipe(recipe: Recipe, *, teacher: int = 0, out: str | None = None, progress: bool | None = None) -> Path:
     """``kdlab cache build``: the cache of the recipe's teacher ``teacher`` (its ``cache:`` block, or the
     defaults), at ``out`` or where ``cache: auto`` would put it."""
-    from kdlab.engine.devices import pick_device
     from kdlab.engine.run import build_data, set_threads
-    from kdlab.recipe import CacheSpec
-
     if not recipe.teachers:
         raise KDLabError("kdlab cache build: the recipe has no `teacher:`")
     if not 0 <= teacher < len(recipe.teachers):
