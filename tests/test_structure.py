@@ -106,3 +106,29 @@ def test_leaf_modules_import_nothing_of_kdlab_but_errors():
     graph = import_graph()
     for leaf in ("kdlab.errors", "kdlab.schema", "kdlab.runfiles", "kdlab.seeds"):
         assert graph[leaf] <= {"kdlab.errors"}, f"{leaf} imports {sorted(graph[leaf])}"
+
+
+# modules not yet annotated: their owners add the comment (engine/trainer.py:_loader, views/mix.py)
+PENDING = {"kdlab.engine.trainer", "kdlab.views.mix"}
+
+
+def test_function_local_kdlab_imports_say_why():
+    """A function-local import of kdlab breaks a cycle or defers a heavy import; a comment on it (or above it)
+    says which, unless the module's docstring says that it imports on first use (the CLI)."""
+    silent = []
+    for name, path in _modules().items():
+        src = path.read_text()
+        tree = ast.parse(src)
+        if name in PENDING or "on first use" in (ast.get_docstring(tree) or ""):
+            continue
+        lines = src.splitlines()
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                mod = node.module if isinstance(node, ast.ImportFrom) else \
+                    node.names[0].name if isinstance(node, ast.Import) else None
+                if mod and mod.startswith("kdlab") and not any(
+                        "#" in lines[i] for i in (node.lineno - 2, node.lineno - 1)):
+                    silent.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not silent, f"function-local imports without a comment saying why: {silent}"

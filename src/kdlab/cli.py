@@ -1,6 +1,7 @@
 """The ``kdlab`` command: run | list | report | study | demo | diagnose | cache | export | predict | eval | recipes.
 
-User errors (KDLabError) are printed as one line with exit status 2, never as a traceback.
+User errors (KDLabError) are printed as one line with exit status 2, never as a traceback. Each sub-command
+imports its modules on first use, so `kdlab --help` and argument errors answer without importing torch.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from torch import nn
 
 from kdlab.engine.checkpoint import save_weights
 from kdlab.errors import KDLabError
+from kdlab.models.hf import save_pretrained_classifier
 from kdlab.preprocess import build_student
 from kdlab.preprocess import read as read_preprocess
 from kdlab.runfiles import WEIGHTS
@@ -164,8 +165,6 @@ def onnx_max_difference(model: nn.Module, record: dict[str, Any], path: Path, ba
 def export_hf(model: nn.Module, record: dict[str, Any], out: Path, source: str) -> str:
     """A Hugging Face folder (``save_pretrained``, class names as ``id2label``, the run's tokenizer) for
     students with transformers' own head (``hf_classifier``, ``head: hf``), reloaded and compared."""
-    from kdlab.models.hf import save_pretrained_classifier
-
     tokenizer = (record.get("text") or {}).get("tokenizer")
     diff = save_pretrained_classifier(model, out, record.get("classes"), tokenizer)
     if diff > 1e-4:

@@ -20,8 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdlab.data import make_loader
+from kdlab.data.folder import load_image
+from kdlab.data.text import load_tokenizer, tokenize
+from kdlab.engine.checkpoint import atomic_write
+from kdlab.engine.metrics import classification_metrics
+from kdlab.engine.run import build_data, pick_device
 from kdlab.errors import KDLabError
+from kdlab.export import load_exported_with_record, load_run_student
+from kdlab.recipe import RECIPE_SUFFIXES, load_recipe, read_file
 from kdlab.runfiles import RECIPE
+from kdlab.views.basic import normalize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 IMAGE_CHUNK = 256
@@ -60,9 +69,6 @@ def load_student(source: str | Path, weights: str = "final",
                  device: str = "cpu") -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
     """(callable student, preprocessing record) from a run folder, a ``.safetensors`` export or an ``.onnx``
     (ONNX Runtime on the CPU). ``device``: cpu, cuda or auto, for PyTorch students."""
-    from kdlab.engine.run import pick_device
-    from kdlab.export import load_exported_with_record, load_run_student
-
     p = Path(source)
     if not p.exists():
         raise KDLabError(f"{p} not found: give a run folder, an exported .safetensors or an .onnx file")
@@ -135,8 +141,6 @@ def _load_image_file(path: Path, record: dict[str, Any]) -> torch.Tensor:
     c, (h, w) = int(image["channels"]), image["size"]
     try:
         if h == w:
-            from kdlab.data.folder import load_image
-
             t = load_image(str(path), h, c, image.get("resize", "square"))
         else:
             with Image.open(path) as im:
@@ -158,7 +162,6 @@ def read_text(path: Path, record: dict[str, Any]) -> Inputs:
     if text is None:
         raise KDLabError(f"{path}: this student does not take text (input shape {record['input_shape']}); "
                          "give .npy/.npz arrays or images")
-    from kdlab.data.text import load_tokenizer, tokenize
 
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     ids = tokenize(lines, load_tokenizer(text["tokenizer"]), int(text["max_length"]))
@@ -195,7 +198,6 @@ def normalise(x: torch.Tensor, record: dict[str, Any]) -> torch.Tensor:
     """The training-time normalisation (none for token ids or datasets without mean/std)."""
     if not x.is_floating_point() or not record.get("mean"):
         return x
-    from kdlab.views.basic import normalize
 
     return normalize(x, record["mean"], record["std"])
 
@@ -242,8 +244,6 @@ def rows_csv(rows: list[dict[str, Any]], top_k: int) -> str:
 
 def write_predictions(result: dict[str, Any], out: str | Path) -> Path:
     """``.json`` (rows and accuracy) or ``.csv`` (one row per input, top-k columns), written atomically."""
-    from kdlab.engine.checkpoint import atomic_write
-
     out = Path(out)
     if out.suffix == ".json":
         text = json.dumps({"rows": result["rows"], "accuracy": result["accuracy"]}, indent=1)
@@ -259,8 +259,6 @@ def write_predictions(result: dict[str, Any], out: str | Path) -> Path:
 
 def eval_recipe(data: str | None, overrides: list[str], run_dir: Path, record: dict[str, Any]) -> Any:
     """A recipe whose ``data:`` block is evaluated: the run's own, a recipe file's, or ``{name: NAME}``."""
-    from kdlab.recipe import RECIPE_SUFFIXES, load_recipe, read_file
-
     if data is None:
         if not (run_dir / RECIPE).exists():
             raise KDLabError(f"{run_dir} is not a run folder: name the data to evaluate on with --data")
@@ -280,10 +278,6 @@ def evaluate(run_dir: str | Path, data: str | None = None, overrides: list[str] 
     """Held-out metrics (top-1/top-5, NLL, ECE) of a run's (or an export's) student on a dataset's ``split``, with
     the run's normalisation. ``data``: a dataset name or a recipe file whose ``data:`` is used (default: the
     run's own)."""
-    from kdlab.data import make_loader
-    from kdlab.engine.metrics import classification_metrics
-    from kdlab.engine.run import build_data
-
     run_dir = Path(run_dir)
     student, record = load_student(run_dir, weights, device)
     ds = build_data(eval_recipe(data, overrides or [], run_dir, record))

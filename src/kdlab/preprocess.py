@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.errors import KDLabError
+from kdlab.recipe import ModelSpec, load_recipe
+from kdlab.registry import DATASETS, import_plugins
 from kdlab.runfiles import PREPROCESS, RECIPE
 
 VERSION = 1
@@ -22,8 +24,6 @@ VERSION = 1
 
 def _dataset_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The dataset builder's keyword arguments with its defaults filled in (e.g. ``max_length``)."""
-    from kdlab.registry import DATASETS
-
     out: dict[str, Any] = {}
     try:
         sig = inspect.signature(DATASETS.get(name))
@@ -39,7 +39,7 @@ def _text(kwargs: dict[str, Any]) -> dict[str, Any] | None:
         return None
     tok = kwargs["tokenizer"]
     if tok is None:
-        from kdlab.data.text import minilm_path
+        from kdlab.data.text import minilm_path  # deferred: torch (this module is read without it)
 
         try:
             tok = minilm_path()
@@ -75,7 +75,7 @@ def describe(recipe: Any, dataset: Any) -> dict[str, Any]:
 
 
 def write(run_dir: str | Path, record: dict[str, Any]) -> Path:
-    from kdlab.engine.checkpoint import atomic_write
+    from kdlab.engine.checkpoint import atomic_write  # deferred: torch (this module is read without it)
 
     path = Path(run_dir) / PREPROCESS
     text = json.dumps(record, indent=2)
@@ -98,9 +98,7 @@ def read(run_dir: str | Path) -> dict[str, Any]:
             raise KDLabError(f"{path} is unreadable ({e}); rerun `kdlab run --resume {run_dir}` to rewrite it") from None
     if not (run_dir / RECIPE).exists():
         raise KDLabError(f"{run_dir} is not a kdlab run folder (no {PREPROCESS} or recipe.yaml)")
-    from kdlab.engine.run import build_data
-    from kdlab.recipe import load_recipe
-
+    from kdlab.engine.run import build_data  # deferred: the driver imports this module
     recipe = load_recipe(run_dir / RECIPE)
     record = describe(recipe, build_data(recipe))
     try:
@@ -113,9 +111,6 @@ def read(run_dir: str | Path) -> dict[str, Any]:
 def build_student(record: dict[str, Any]) -> Any:
     """The student network (untrained) that the record describes, with its inserted layers."""
     from kdlab.build import build_network  # deferred: torch and every model (this module is read without them)
-    from kdlab.recipe import ModelSpec
-    from kdlab.registry import import_plugins
-
     import_plugins(record.get("plugins"))  # a plugin-registered student name resolves only after its import
     spec = ModelSpec.model_validate(record["student"])
     return build_network(spec, int(record["num_classes"]), record["input_shape"], initial_weights=False)

@@ -29,8 +29,11 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from kdlab.data import decoded as D
+from kdlab.data.archive import find_archives, read_archives
 from kdlab.data.base import Dataset, Split
 from kdlab.data.builtin import apply_subsets, channel_stats
+from kdlab.data.decoded import cache_root, file_sha256, folder_fingerprint, uint8_channel_stats
 from kdlab.data.loader import StreamSplit
 from kdlab.errors import KDLabError
 from kdlab.registry import DATASETS
@@ -264,8 +267,6 @@ def _class_table(found: dict[str, dict[str, list]], where: str) -> tuple[list[st
 
 
 def _cache_dir(cache: bool | str) -> Path | None:
-    from kdlab.data.decoded import cache_root
-
     if cache is False or cache is None:
         return None
     if cache is True:
@@ -275,8 +276,6 @@ def _cache_dir(cache: bool | str) -> Path | None:
 
 def _decoded(key_sources: list[str], options: dict, cache: bool | str, decode) -> tuple[dict, dict, str]:
     """(arrays, meta, where): the cached decoded copy for this key, or ``decode()`` stored under it."""
-    from kdlab.data import decoded as D
-
     root = _cache_dir(cache)
     entry = D.entry_dir(D.entry_key(key_sources, options), root) if root is not None else None
     hit = D.load_entry(entry) if entry is not None else None
@@ -320,9 +319,6 @@ def imagefolder(
     training images (over a fixed sample of 512 of them when streaming). ``train_subset``/``test_subset``:
     seeded (``seed``) stratified subsets of the in-memory splits; mean/std stay those of the full training split.
     """
-    from kdlab.data.archive import find_archives, read_archives
-    from kdlab.data.decoded import file_sha256, folder_fingerprint, uint8_channel_stats
-
     _check_image_args(image_size, channels, resize, allow_none=True)
     if root is None:
         raise KDLabError(f"dataset 'imagefolder' needs root= a folder or archive with the layout {FOLDER_LAYOUT}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from kdlab.engine import run_recipe
 from kdlab.engine.progress import silenced
 from kdlab.recipe import load_recipe
+from kdlab.report import write_report
 
 HERE = Path(__file__).parent
 
@@ -27,7 +28,6 @@ def demo_recipe(name: str, out: Path, seed: int = 0):
 def run_demo(out: str | Path = "runs/demo", seeds: list[int] | None = None, force: bool = False) -> dict:
     from rich.console import Console
 
-    from kdlab.report import write_report
 
     console = Console()
     out = Path(out)

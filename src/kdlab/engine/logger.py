@@ -133,7 +133,7 @@ class Csv(Backend):
     columns that appear later, such as a second stage's losses, and resumed runs stay consistent)."""
 
     def log(self, record: dict[str, Any]) -> None:
-        from kdlab.engine.checkpoint import atomic_write
+        from kdlab.engine.checkpoint import atomic_write  # deferred: torch; recipes import this module
 
         rows = [json.loads(line) for line in (self.run_dir / METRICS).read_text().splitlines() if line]
         columns = list(dict.fromkeys(k for r in rows for k in r))

@@ -22,8 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import yaml
+
+import kdlab
 
 from kdlab.build import build_network
 from kdlab.data import build_dataset
@@ -94,10 +97,6 @@ def _jsonable(obj: Any) -> Any:
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
-    import numpy as np
-
-    import kdlab
-
     env: dict[str, Any] = {
         "kdlab": kdlab.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
         "numpy": np.__version__, "platform": platform.platform(), "machine": platform.machine(),

@@ -62,7 +62,7 @@ def _vocab_from(tokenizer: str | None, vocab_size: int | None, pad_id: int | Non
                 special_ids: Sequence[int] | None) -> tuple[int, int, tuple[int, ...]]:
     """(vocab size, pad id, special ids): explicit values win, then the local tokenizer, then BERT's."""
     if tokenizer is not None:
-        from kdlab.data.text import load_tokenizer
+        from kdlab.data.text import load_tokenizer  # deferred: kdlab.data imports every dataset
 
         tok = load_tokenizer(tokenizer)
         vocab_size = vocab_size if vocab_size is not None else len(tok)
@@ -250,7 +250,7 @@ class HFClassifier(TextModel):
                  pretrained: bool = True, special_ids: Sequence[int] | None = None, head: str = "auto"):
         super().__init__()
         transformers = _transformers()
-        from kdlab.data.text import local_dir
+        from kdlab.data.text import local_dir  # deferred: kdlab.data imports every dataset
 
         path = local_dir(path, "hf_classifier path")
         if head not in HEADS:
@@ -468,7 +468,7 @@ def hf_classifier(*, num_classes: int, input_shape: tuple[int, ...], path: str |
     dropout + linear."""
     _seq_len(input_shape, "hf_classifier")
     if path is None:
-        from kdlab.data.text import minilm_path
+        from kdlab.data.text import minilm_path  # deferred: kdlab.data imports every dataset
 
         path = minilm_path()
     return HFClassifier(path, num_classes, pooling=pooling, dropout=dropout, pretrained=pretrained,

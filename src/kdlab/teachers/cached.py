@@ -293,7 +293,7 @@ def build(path: str | Path, *, teacher: Any, dataset: Any, pipeline: Any, spec: 
           progress: bool | None = None) -> Path:
     """Run ``teacher`` (a LiveTeacher) over every (sample, view) of the training split and write the cache.
     Resumable: finished shards are kept. Returns the folder."""
-    from kdlab.data import make_loader
+    from kdlab.data import make_loader  # deferred: kdlab.data imports every dataset
 
     path = Path(path)
     meta = read_meta(path)

@@ -63,7 +63,7 @@ def ensure_cache(recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeac
                  quiet: bool = True, progress: bool | None = None) -> Path:
     """The cache folder, built first if it is missing or unfinished (resumable), under a lock so that two
     processes wanting the same cache build it once."""
-    from kdlab.engine.trainer import make_pipeline
+    from kdlab.engine.trainer import make_pipeline  # deferred: the trainer imports every method
 
     path, fp = cache_plan(recipe, spec, dataset, live, device)
     meta = read_meta(path)
@@ -149,7 +149,8 @@ def build_teachers(recipe: Recipe, dataset: Any, device: torch.device, *, quiet:
 def build_for_recipe(recipe: Recipe, *, teacher: int = 0, out: str | None = None, progress: bool | None = None) -> Path:
     """``kdlab cache build``: the cache of the recipe's teacher ``teacher`` (its ``cache:`` block, or the
     defaults), at ``out`` or where ``cache: auto`` would put it."""
-    from kdlab.engine.run import build_data, set_threads
+    from kdlab.engine.run import build_data, set_threads  # deferred: the driver imports this module
+
     if not recipe.teachers:
         raise KDLabError("kdlab cache build: the recipe has no `teacher:`")
     if not 0 <= teacher < len(recipe.teachers):
