@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdlab.data import build_dataset
+from kdlab.data import build_dataset, make_loader
 from kdlab.engine.checkpoint import save_weights
 from kdlab.engine.run import build_model_for, run_recipe
 from kdlab.errors import KDLabError
@@ -143,9 +143,33 @@ def _image_folder(root):
     return {"root": str(root), "image_size": 8}
 
 
+def _jpegs(folder, n=2, color="red"):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (12, 10), color).save(folder / f"{color}{i}.JPEG", format="JPEG")
+
+
+def _imagenet(root):
+    for split in ("train", "val"):
+        for wnid, color in (("n01", "red"), ("n02", "blue")):
+            _jpegs(root / split / wnid, color=color)
+    return {"root": str(root), "image_size": 8}
+
+
+def _tiny_imagenet(root):
+    for wnid, color in (("n01", "red"), ("n02", "blue")):
+        _jpegs(root / "train" / wnid / "images", color=color)
+        _jpegs(root / "val" / "images", n=1, color=color)
+    (root / "val" / "val_annotations.txt").write_text("red0.JPEG\tn01\nblue0.JPEG\tn02\n")
+    return {"root": str(root), "image_size": 8}
+
+
 # datasets that read files get a tiny generated one; those not listed build from their defaults or skip
-FILES = {"arrays": lambda tmp: {"path": str(tmp / "tiny.npz")}, "imagefolder": _image_folder}
-MUST_BUILD = {"digits", "arrays", "imagefolder"}  # no file or package beyond the test extra
+FILES = {"arrays": lambda tmp: {"path": str(tmp / "tiny.npz")}, "imagefolder": _image_folder,
+         "imagenet": _imagenet, "tiny_imagenet": _tiny_imagenet}
+MUST_BUILD = {"digits", "arrays", *FILES}  # no file or package beyond the test extra
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -157,7 +181,7 @@ def test_every_dataset_builds_and_feeds_a_step(tiny, tmp_path, name):
         if name in MUST_BUILD:
             raise
         pytest.skip(f"{name}: {str(e).splitlines()[0]}")
-    x, y = ds.train.x[:4], ds.train.y[:4]
+    x, y, _ = next(make_loader(ds.train, 4, shuffle=False).iter_epoch(0))  # resident and streamed splits alike
     assert len(ds.test.x) > 0 and tuple(x.shape[1:]) == tuple(ds.input_shape)
     assert 0 <= int(y.min()) and int(y.max()) < ds.num_classes
     model = build_model("bag_of_embeddings" if not x.is_floating_point() else "mlp",

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kdlab.data import make_loader
-from kdlab.data.folder import load_image
+from kdlab.data.folder import IMAGE_EXTENSIONS, load_image
 from kdlab.data.text import load_tokenizer, tokenize
 from kdlab.engine.checkpoint import atomic_write
 from kdlab.engine.metrics import classification_metrics
@@ -32,7 +32,6 @@ from kdlab.recipe import RECIPE_SUFFIXES, load_recipe, read_file
 from kdlab.runfiles import RECIPE
 from kdlab.views.basic import normalize
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 IMAGE_CHUNK = 256
 
 
@@ -176,14 +175,14 @@ def read_inputs(paths: list[str | Path], record: dict[str, Any]) -> Iterator[Inp
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
-                raise KDLabError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                raise KDLabError(f"{p}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
             for i in range(0, len(files), IMAGE_CHUNK):  # a large folder is decoded chunk by chunk
                 yield read_images(files[i:i + IMAGE_CHUNK], record)
         elif not p.exists():
             raise KDLabError(f"input {p} not found")
-        elif p.suffix.lower() in IMAGE_SUFFIXES:
+        elif p.suffix.lower() in IMAGE_EXTENSIONS:
             yield read_images([p], record)
         elif p.suffix.lower() in READERS:
             yield READERS[p.suffix.lower()](p, record)
