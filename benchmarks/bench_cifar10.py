@@ -43,7 +43,6 @@ def tables(epochs: int, teachers: str) -> dict[str, dict[str, tuple[list[str], l
     x2 = "schedule.multiplier=2"
     hint = max(1, epochs // 4)  # FitNet's hint stage: a quarter of the schedule, then KD
     fitnet = [f"stages.0.epochs={hint}", f"stages.0.schedule.epochs={hint}"]
-    at_last = ["student.insert.0.at=@last"]
     t = {
         "pilot": {"ce": method("ce"), "kd": method("kd")},
         "catalogue": {
@@ -61,8 +60,8 @@ def tables(epochs: int, teachers: str) -> dict[str, dict[str, tuple[list[str], l
             "kd+backward_random": method("kd_backward", "views.0.direction=random"),
         },
         "letkd": {
-            "kd": method("kd"), "letkd1": method("letkd1", *at_last), "letkd2": method("letkd2"),
-            "letkd1_nosup": method("letkd1", *at_last, "objective.letkd_penult.weight=0"),
+            "kd": method("kd"), "letkd1": method("letkd1"), "letkd2": method("letkd2"),
+            "letkd1_nosup": method("letkd1", "objective.letkd_penult.weight=0"),
         },
         "beyond": {},
     }
