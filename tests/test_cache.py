@@ -259,3 +259,15 @@ def test_token_id_inputs_are_cached_unchanged(tmp_path):
     run_recipe(live, quiet=True)
     run_recipe(cached, quiet=True)
     assert same(weights(tmp_path / "live" / "kd" / "seed0"), weights(tmp_path / "cached" / "kd" / "seed0"))
+
+
+def test_a_feature_method_on_a_view_gets_live_features_while_the_clean_batch_reads_stored_ones(tmp_path):
+    """FitNet + mixup with a cache storing the tap: the clean batch's teacher features come from the cache,
+    the mixed batch's from the live teacher (which must capture the tap too)."""
+    fit = {"ce": {}, "fitnet": {"student_layer": "@stage1", "teacher_layer": "@stage1"}}
+    r = recipe(tmp_path, model="smallcnn", cache={"taps": ["@stage1"], "dtype": "fp32"}, objective=fit,
+               views=[{"name": "mixup"}])
+    s = run_recipe(r, quiet=True)
+    rec = json.loads((tmp_path / "kd" / "seed1" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert s["status"] == "finished" and np.isfinite(rec["train/mixup/fitnet"])
+    assert rec["cost/teacher_passes"] == 1.0  # the mixed batch only; the clean one was read from the cache

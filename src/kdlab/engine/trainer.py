@@ -250,9 +250,9 @@ class Trainer:
                 raise KDLabError(f"objective terms {need} need a teacher: add `teacher:` to the recipe")
             self._check_teachers(obj)
             taps = obj.taps()
-            for t in self.teachers:
-                if t.live is not None and t.missing_taps(list(taps.teacher)) == [] and hasattr(t, "add_taps"):
-                    t.add_taps(list(taps.teacher))
+            for t in self.teachers:  # the live module captures the taps too: views run it on new inputs
+                if t.live is not None:
+                    t.live.add_taps(list(taps.teacher))
             s_shapes = probe_shapes(student, taps.student, self.ds.input_shape, self.device)
             t_shapes = self._teacher_shapes(list(taps.teacher))
             info = SetupInfo(num_train=len(self.ds.train), num_classes=self.ds.num_classes,
