@@ -271,3 +271,19 @@ def test_a_feature_method_on_a_view_gets_live_features_while_the_clean_batch_rea
     rec = json.loads((tmp_path / "kd" / "seed1" / "metrics.jsonl").read_text().splitlines()[-1])
     assert s["status"] == "finished" and np.isfinite(rec["train/mixup/fitnet"])
     assert rec["cost/teacher_passes"] == 1.0  # the mixed batch only; the clean one was read from the cache
+
+
+def test_a_missing_cache_folder_is_said_before_the_teacher_trains_and_errors_name_one_branch(tmp_path):
+    r = load_recipe({"name": "kd", "out": str(tmp_path), "student": "smallcnn",
+                     "teacher": {"run": str(tmp_path / "t"), "recipe": "recipes/digits/teacher.yaml",
+                                 "cache": {"path": str(tmp_path / "nowhere")}},
+                     "objective": {"kd": {}}})
+    with pytest.raises(KDLabError, match="nowhere is not a teacher cache"):
+        run_recipe(r, quiet=True)
+    assert not (tmp_path / "t").exists()  # nothing was trained on the way
+    with pytest.raises(KDLabError) as e:
+        load_recipe({"student": "smallcnn", "teacher": {"model": "smallcnn", "cache": {"views": 0}}})
+    assert "teacher.cache.views" in str(e.value) and "list" not in str(e.value)
+    with pytest.raises(KDLabError) as e:
+        load_recipe({"student": "smallcnn", "teacher": [{"model": "smallcnn"}, {"model": 3}]})
+    assert "teacher.1.model" in str(e.value) and "function-after" not in str(e.value)

@@ -633,8 +633,28 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        lines = [_format_error(err) for err in e.errors()]
+        lines = [_format_error(err) for err in _one_union_branch(e.errors())]
         raise KDLabError(f"{source}: " + "; ".join(lines)) from None
+
+
+def _one_union_branch(errors: list[Any]) -> list[Any]:
+    """``teacher`` is one teacher or a list: when a mapping fails as one teacher, pydantic also reports that it
+    is not a list. Keep only the errors of the branch the input was written for."""
+    def is_list_branch(err: Any) -> bool:
+        return any(str(p).startswith("list[") for p in err.get("loc", ()))
+
+    def wrong_kind(err: Any) -> bool:  # the one-teacher branch saw a list, or the list branch a mapping
+        return len(err.get("loc", ())) <= 2 and err.get("type") in ("model_type", "dict_type", "list_type")
+
+    keep = []
+    for err in errors:
+        field = err.get("loc", ("",))[0]
+        same = [e for e in errors if e.get("loc", ("",))[0] == field and e is not err]
+        other_branch = [e for e in same if is_list_branch(e) != is_list_branch(err)]
+        if other_branch and wrong_kind(err):
+            continue  # this branch did not apply to what was written; the other branch says what is wrong
+        keep.append(err)
+    return keep
 
 
 def load_recipe(source: str | Path | dict[str, Any] | list[str | Path], overrides: list[str] | None = None) -> Recipe:

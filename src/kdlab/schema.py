@@ -34,7 +34,8 @@ class Strict(BaseModel):
 
 def format_error(err: dict[str, Any]) -> str:
     """One pydantic error as ``field.path: message (got value)``."""
-    loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
+    # pydantic's own branch labels ("function-after[...]", "list[...]" of a union) are not recipe fields
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "list[")))
     msg = err.get("msg", "")
     msg = msg.removeprefix("Value error, ")
     inp = err.get("input")

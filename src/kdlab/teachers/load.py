@@ -119,6 +119,10 @@ def build_teachers(recipe: Recipe, dataset: Any, device: torch.device, *, quiet:
     """Every teacher of the recipe as a TeacherSource (live, or a cache with the live module behind it)."""
     out: list[Any] = []
     needed = objective_teacher_taps(recipe) if any(t.cache is not None for t in recipe.teachers) else []
+    for spec in recipe.teachers:  # a missing cache folder is said before any teacher trains on demand
+        if spec.cache is not None and spec.cache.path != "auto" and read_meta(spec.cache.path) is None:
+            raise KDLabError(f"teacher.cache: {spec.cache.path} is not a teacher cache (no meta.json); build it with "
+                             "`kdlab cache build <recipe files>` or use cache: auto")
     for i, spec in enumerate(recipe.teachers):
         name = f"teacher{i}"
         live = live_teacher(recipe, spec, dataset, name) if (spec.run is not None or spec.model is not None) else None
@@ -137,9 +141,6 @@ def build_teachers(recipe: Recipe, dataset: Any, device: torch.device, *, quiet:
             path = ensure_cache(recipe, spec, dataset, live, device, quiet=quiet)
         else:
             path = Path(spec.cache.path)
-            if read_meta(path) is None:
-                raise KDLabError(f"teacher.cache: {path} is not a teacher cache (no meta.json); build it with "
-                                 "`kdlab cache build <recipe files>` or use cache: auto")
         _, expected = cache_plan(recipe, spec, dataset, live, device)
         out.append(CachedTeacher(path, live=live, placement=spec.cache.placement, device=device, name=name,
                                  expected=expected))
