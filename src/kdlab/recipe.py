@@ -648,8 +648,8 @@ def _one_union_branch(errors: list[Any]) -> list[Any]:
 
     keep = []
     for err in errors:
-        field = err.get("loc", ("",))[0]
-        same = [e for e in errors if e.get("loc", ("",))[0] == field and e is not err]
+        field = (err.get("loc") or ("",))[0]
+        same = [e for e in errors if (e.get("loc") or ("",))[0] == field and e is not err]
         other_branch = [e for e in same if is_list_branch(e) != is_list_branch(err)]
         if other_branch and wrong_kind(err):
             continue  # this branch did not apply to what was written; the other branch says what is wrong
