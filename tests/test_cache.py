@@ -287,3 +287,17 @@ def test_a_missing_cache_folder_is_said_before_the_teacher_trains_and_errors_nam
     with pytest.raises(KDLabError) as e:
         load_recipe({"student": "smallcnn", "teacher": [{"model": "smallcnn"}, {"model": 3}]})
     assert "teacher.1.model" in str(e.value) and "function-after" not in str(e.value)
+
+
+def test_overrides_may_follow_options_on_the_command_line(monkeypatch):
+    import kdlab.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_study", lambda a: seen.update(vars(a)) or 0)
+    monkeypatch.setattr(cli, "cmd_run", lambda a: seen.update(vars(a)) or 0)
+    assert main(["study", "s.yaml", "--workers", "2", "teacher.cache=auto"]) == 0
+    assert seen["overrides"] == ["teacher.cache=auto"] and seen["workers"] == 2
+    assert main(["run", "a.yaml", "--seeds", "0-1", "seed=3"]) == 0
+    assert seen["recipe"] == ["a.yaml", "seed=3"]
+    with pytest.raises(SystemExit):
+        main(["study", "s.yaml", "--bogus"])

@@ -311,7 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key.path=value overrides may also come after options (`kdlab study S.yaml --workers 2 seed=1`): argparse
+    # leaves a positional list that follows options unparsed, so they are appended to it here
+    target = "overrides" if hasattr(args, "overrides") else ("recipe" if hasattr(args, "recipe") else None)
+    if extra and target is not None and all("=" in a and not a.startswith("-") for a in extra):
+        setattr(args, target, [*(getattr(args, target) or []), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if "" not in sys.path and os.getcwd() not in sys.path:  # own models/plugins next to the recipes import
         sys.path.insert(0, os.getcwd())
     try:
