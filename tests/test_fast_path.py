@@ -9,7 +9,8 @@ from torch import nn
 
 from kdlab.engine import distributed as dist
 from kdlab.engine import run_recipe
-from kdlab.engine.trainer import Stage, Trainer
+from kdlab.engine.stages import Stage
+from kdlab.engine.trainer import Trainer
 from kdlab.errors import KDLabError
 from kdlab.recipe import CompileSpec, load_recipe
 

@@ -71,7 +71,7 @@ def test_teacher_needs_a_source():
 def test_stages_inherit_and_validate():
     r = load_recipe({**BASE, "stages": [{"name": "hint", "epochs": 2, "objective": {"ce": {}}},
                                         {"name": "kd", "epochs": 3}]})
-    from kdlab.engine.trainer import plan_stages
+    from kdlab.engine.stages import plan_stages
 
     stages = plan_stages(r)
     assert [s.epochs for s in stages] == [2, 3]

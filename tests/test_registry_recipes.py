@@ -105,7 +105,7 @@ def test_every_method_recipe_composes_with_its_pairs(method):
     """The composed recipe validates, and every tap, connector and inserted layer the method names exists on the pair's student and teacher:
     the objective of each stage is set up on probed shapes, as the trainer does before the first step."""
     from kdlab.capture import probe_shapes
-    from kdlab.engine.trainer import plan_stages
+    from kdlab.engine.stages import plan_stages
     from kdlab.methods.base import Objective, SetupInfo
 
     for pair in _pairs_for(method):

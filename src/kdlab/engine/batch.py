@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from kdlab.engine.devices import memory_format_for
+from kdlab.recipe import Recipe
 from kdlab.views.basic import normalize
 
 
@@ -153,3 +155,10 @@ class Pipeline:
         if len(rows) == 1 and len(x) > 1:
             rows = rows.expand(len(x), -1)
         return self.finish(self.apply(x, rows if rows.shape[1] else None))
+
+
+def make_pipeline(recipe: Recipe, dataset: Any, device: torch.device) -> Pipeline:
+    """The clean-batch pipeline of a recipe on a device (augment views, normalisation, memory format)."""
+    return Pipeline([v.build() for v in recipe.data.augment], torch.tensor(dataset.mean, device=device),
+                    torch.tensor(dataset.std, device=device), tuple(dataset.input_shape),
+                    memory_format_for(recipe.train, tuple(dataset.input_shape), device))

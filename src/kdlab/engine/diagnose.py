@@ -23,7 +23,8 @@ from torch import nn
 
 from kdlab.engine.checkpoint import fit_weights, read_weights
 from kdlab.engine.run import build_data, build_model_for, load_teacher, pick_device, set_threads
-from kdlab.engine.trainer import Trainer, epoch_seed
+from kdlab.engine.stages import epoch_seed
+from kdlab.engine.trainer import Trainer
 from kdlab.errors import KDLabError
 from kdlab.recipe import Recipe
 from kdlab.runfiles import FINAL_WEIGHTS

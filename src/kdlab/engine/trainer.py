@@ -25,45 +25,33 @@ averaged across ranks, and evaluation, logging, checkpoints and weights are rank
 from __future__ import annotations
 
 import copy
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from kdlab.capture import Capture, probe_shapes
+from kdlab.capture import Capture
 from kdlab.engine import distributed as dist
-from kdlab.engine.batch import Pipeline
+from kdlab.engine.batch import make_pipeline
 from kdlab.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
-from kdlab.engine.devices import AUTOCAST, memory_format_for, precision_for, teacher_autocast
+from kdlab.engine.devices import AUTOCAST, precision_for, teacher_autocast
 from kdlab.engine.evaluate import Evaluator
+from kdlab.engine.objectives import build_objectives, carry_over
 from kdlab.engine.logger import RunLogger
 from kdlab.engine.progress import epoch_bar, epoch_line
 from kdlab.engine.optim import build_optimizer, lr_factor
+from kdlab.engine.stages import Stage, epoch_seed, plan_stages, reseed
 from kdlab.engine.step import Clock, ExtraViews, StepModule, distill_step
+from kdlab.engine.tally import DeviceSums
 from kdlab.errors import KDLabError
-from kdlab.methods.base import FitData, Objective, SetupInfo
-from kdlab.recipe import CompileSpec, OptimSpec, Recipe, ScheduleSpec, TermSpec
+from kdlab.methods.base import FitData
+from kdlab.recipe import CompileSpec, Recipe
 
 CHECKPOINT = "checkpoint.safetensors"
-
-
-@dataclass
-class Stage:
-    name: str
-    objective: dict[str, TermSpec]
-    optim: OptimSpec
-    schedule: ScheduleSpec
-    trainable: list[str] | None
-
-    @property
-    def epochs(self) -> int:
-        return self.schedule.total_epochs
 
 
 @dataclass
@@ -72,36 +60,6 @@ class TrainData:
 
     split: Any
     prepare: Any
-
-
-def plan_stages(recipe: Recipe) -> list[Stage]:
-    """The recipe's stages with inherited blocks filled in (a recipe without ``stages:`` is one stage)."""
-    if not recipe.stages:
-        return [Stage("main", recipe.objective, recipe.optim, recipe.schedule, None)]
-    out = []
-    for s in recipe.stages:
-        sched = s.schedule or recipe.schedule
-        if s.epochs is not None:
-            sched = sched.model_copy(update={"epochs": s.epochs})
-        out.append(Stage(s.name, s.objective or recipe.objective, s.optim or recipe.optim, sched, s.trainable))
-    return out
-
-
-def epoch_seed(seed: int, global_epoch: int) -> int:
-    return (seed * 1_000_003 + global_epoch * 7_919 + 17) % (2**63 - 1)
-
-
-def reseed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def make_pipeline(recipe: Recipe, dataset: Any, device: torch.device) -> Pipeline:
-    """The clean-batch pipeline of a recipe on a device (augment views, normalisation, memory format)."""
-    return Pipeline([v.build() for v in recipe.data.augment], torch.tensor(dataset.mean, device=device),
-                    torch.tensor(dataset.std, device=device), tuple(dataset.input_shape),
-                    memory_format_for(recipe.train, tuple(dataset.input_shape), device))
 
 
 class Trainer:
@@ -221,64 +179,16 @@ class Trainer:
         aug, _ = self.pipeline.draw(x, torch.arange(len(x), device=x.device), gen)
         return self.pipeline.finish(self.pipeline.apply(x, aug))
 
-    def _check_teachers(self, obj: Objective) -> None:
-        """Every need of the objective and the extra views against what the teacher sources can serve, before
-        the first step: one line naming the term or view that cannot be served."""
-        for i, t in enumerate(self.teachers):
-            for label, term in obj.terms.items():
-                if not term.needs_teacher:
-                    continue
-                missing = t.missing_taps(list(term.taps().teacher))
-                if missing:
-                    raise KDLabError(f"term {label!r} needs teacher features at {missing}, which the teacher cache "
-                                     f"{getattr(t, 'path', '')} does not store; add them to teacher.cache.taps and "
-                                     "rebuild, or drop `cache:`")
-                if getattr(term, "needs_live_teacher", False) and t.live is None:
-                    raise KDLabError(f"term {label!r} runs the teacher on new inputs, but teacher {i} is a cache "
-                                     "only; give the teacher `run:` or `model:` next to `cache:`")
-            for name, view in self.extra_views:
-                if view.p.targets == "teacher" and t.live is None:
-                    raise KDLabError(f"view {name!r} needs the teacher on new inputs, but teacher {i} is a cache "
-                                     "only; give the teacher `run:` or `model:` next to `cache:`")
-
     def _build_objectives(self, stage: Stage) -> nn.ModuleList:
-        objectives = []
-        for student in self.students:
-            obj = Objective({label: spec.build() for label, spec in stage.objective.items()})
-            if obj.needs_teacher and not self.teachers:
-                need = [lbl for lbl, t in obj.terms.items() if t.needs_teacher]
-                raise KDLabError(f"objective terms {need} need a teacher: add `teacher:` to the recipe")
-            self._check_teachers(obj)
-            taps = obj.taps()
-            for t in self.teachers:  # the live module captures the taps too: views run it on new inputs
-                if t.live is not None:
-                    t.live.add_taps(list(taps.teacher))
-            s_shapes = probe_shapes(student, taps.student, self.ds.input_shape, self.device)
-            t_shapes = self._teacher_shapes(list(taps.teacher))
-            info = SetupInfo(num_train=len(self.ds.train), num_classes=self.ds.num_classes,
-                             input_shape=tuple(self.ds.input_shape))
-            obj.setup(s_shapes, t_shapes, info)
-            obj.to(self.device)
-            obj.fit(FitData(teacher_features=self.teacher_features, labels=self.ds.train.y.cpu(),
-                            num_classes=self.ds.num_classes, seed=self.recipe.seed, run_dir=self.run_dir))
-            objectives.append(obj)
-        objectives = nn.ModuleList(objectives).to(self.device)
+        """One objective per student for the stage, checked against the teachers, set up and fitted."""
+        fit = FitData(teacher_features=self.teacher_features, labels=self.ds.train.y.cpu(),
+                      num_classes=self.ds.num_classes, seed=self.recipe.seed, run_dir=self.run_dir)
+        objectives = build_objectives(stage.objective, self.students, self.teachers, self.extra_views, self.ds,
+                                      self.device, fit)
         if self._prev_objectives is not None:
             carry_over(self._prev_objectives, objectives)
         self._prev_objectives = objectives
         return objectives
-
-    def _teacher_shapes(self, taps: list[str]) -> dict[str, Any]:
-        """Per-sample shapes of the teacher's logits and taps: probed on the live model, or read from a cache."""
-        if not self.teachers:
-            return {}
-        t = self.teachers[0]
-        if t.live is not None:
-            return probe_shapes(t.live.model, taps, self.ds.input_shape, self.device)
-        meta = t.meta
-        shapes = {tap: torch.Size(meta["feature_shapes"][tap]) for tap in taps}
-        shapes["logits"] = torch.Size([meta["num_classes"]])
-        return shapes
 
     def _trainable(self, stage: Stage) -> list[nn.Parameter]:
         params = []
@@ -385,7 +295,7 @@ class Trainer:
         self.students.train()
         objectives.train()
         steps = len(self.train_loader)
-        acc = _DeviceSums(self.device)
+        acc = DeviceSums(self.device)
         t0 = time.perf_counter()
         lr0 = stage.optim.lr
         seen0 = self._teacher_passes()
@@ -516,50 +426,6 @@ def _ddp_step(ddp: nn.Module, batch: Any, teachers: list[Any], kw: dict[str, Any
         raise
 
 
-def carry_over(prev: nn.ModuleList, new: nn.ModuleList) -> None:
-    """A term that keeps its label and kind from one stage to the next keeps its trained state (e.g. FT's
-    paraphraser, pre-trained in stage 1 and used in stage 2)."""
-    for old_obj, new_obj in zip(prev, new):
-        for label, term in new_obj.terms.items():
-            old = old_obj.terms[label] if label in old_obj.terms else None
-            if old is not None and type(old) is type(term):
-                term.load_state_dict(old.state_dict(), strict=False)
-
-
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CHECKPOINT
     return load_state(path) if path.exists() else None
-
-
-class _DeviceSums:
-    """Per-epoch sums of the logged losses, kept on the device (no host sync per step) in float64 where the
-    device has it, and the first step whose total loss was not finite."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.dtype = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
-        self.sums: dict[str, Any] = {}
-        self.count = 0
-        self.bad = torch.full((), -1, dtype=torch.int64, device=device)
-        self.checked = 0
-
-    def add(self, step: int, n: int, total: torch.Tensor, named: dict[str, Any]) -> None:
-        self.count += n
-        t = total.detach()
-        self.bad = torch.where((self.bad < 0) & ~torch.isfinite(t), torch.full_like(self.bad, step), self.bad)
-        for k, v in (("loss", t), *named.items()):
-            v = v.detach().to(self.dtype) * n if isinstance(v, torch.Tensor) else float(v) * n
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-
-    def check(self, where: str, step: int) -> None:
-        """Read the first non-finite step (one host sync) and raise naming it and the non-finite losses."""
-        bad = int(self.bad)
-        if bad >= 0:
-            nonfinite = [k for k, v in self.sums.items() if not np.isfinite(float(v))]
-            raise KDLabError(f"non-finite loss at {where} step {bad} (checked over steps {self.checked}-{step}); "
-                             f"non-finite: {', '.join(nonfinite) or 'total'}; lower the learning rate or set "
-                             "train.grad_clip")
-        self.checked = step + 1
-
-    def read(self) -> tuple[dict[str, float], int]:
-        return {k: float(v) for k, v in self.sums.items()}, self.count

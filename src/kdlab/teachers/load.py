@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from kdlab.engine.checkpoint import fit_weights, read_weights
+from kdlab.engine.batch import make_pipeline
 from kdlab.engine.devices import memory_format_for, pick_device, teacher_autocast
 from kdlab.engine.lock import folder_lock
 from kdlab.errors import KDLabError
@@ -63,8 +64,6 @@ def ensure_cache(recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeac
                  quiet: bool = True, progress: bool | None = None) -> Path:
     """The cache folder, built first if it is missing or unfinished (resumable), under a lock so that two
     processes wanting the same cache build it once."""
-    from kdlab.engine.trainer import make_pipeline  # deferred: the trainer imports every method
-
     path, fp = cache_plan(recipe, spec, dataset, live, device)
     meta = read_meta(path)
     if meta is not None and meta.get("complete"):
