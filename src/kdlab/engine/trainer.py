@@ -1,11 +1,12 @@
 """The one training loop.
 
 Every method, every stage of a multi-stage recipe and every online cohort (DML) runs through
-``Trainer.fit``. The pieces it drives each have their own room: ``batch.py`` makes the clean batch (augment,
-normalise, the drawn augmentation parameters and the teacher-cache view number), ``step.py`` turns a batch into
-named losses, ``evaluate.py`` computes held-out metrics, and ``kdlab.teachers`` serves teacher outputs (a live
-frozen module or a soft-label cache). The loop itself only orders them: stages, epochs, the optimiser step,
-logging and checkpoints.
+``Trainer.fit``. The pieces it drives each have their own room: ``stages.py`` plans stages and epoch seeds,
+``batch.py`` makes the clean batch (augment, normalise, the drawn augmentation parameters and the teacher-cache
+view number), ``objectives.py`` builds each stage's objectives and checks them against the teachers, ``step.py``
+turns a batch into named losses, ``tally.py`` sums them on the device, ``evaluate.py`` computes held-out metrics,
+and ``kdlab.teachers`` serves teacher outputs (a live frozen module or a soft-label cache). The loop itself only
+orders them: stages, epochs, the optimiser step, logging and checkpoints.
 
 Reproducibility: each epoch reseeds every RNG from (seed, global epoch) and the loader draws its order from the
 same pair, so a run resumed from an epoch-end checkpoint replays the same batches and ends with bitwise
