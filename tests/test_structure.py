@@ -108,8 +108,8 @@ def test_leaf_modules_import_nothing_of_kdlab_but_errors():
         assert graph[leaf] <= {"kdlab.errors"}, f"{leaf} imports {sorted(graph[leaf])}"
 
 
-# modules not yet annotated: their owners add the comment (engine/trainer.py:_loader, views/mix.py)
-PENDING = {"kdlab.engine.trainer", "kdlab.views.mix"}
+# modules not yet annotated: their owner adds the comment (engine/trainer.py:_loader)
+PENDING = {"kdlab.engine.trainer"}
 
 
 def test_function_local_kdlab_imports_say_why():

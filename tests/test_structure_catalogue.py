@@ -33,6 +33,12 @@ def test_recipe_fields_reach_nested_blocks_once():
     assert "teacher.model.name" not in paths  # the model block is described once, under `student`
 
 
+def test_every_method_and_view_parameter_has_a_description():
+    missing = [f"{kind}: {e.name}.{n}" for kind in ("methods", "views") for e in REGISTRIES[kind].entries()
+               if params_model(e.obj) is not None for n, _, desc in fields(params_model(e.obj)) if not desc]
+    assert not missing, f"parameters without Field(description=...): {missing}"
+
+
 def test_list_verbose_shows_descriptions(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")  # rich wraps to the terminal width
     assert main(["list", "views", "--verbose"]) == 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from kdlab.schema import Strict
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 class TermParams(Strict):
     """Parameters every term has. Subclasses add their own fields with the paper's defaults."""
 
-    weight: float = 1.0
+    weight: float = Field(1.0, description="multiplier of this term's loss in the objective")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,15 @@ class StepContext:
     def progress(self) -> float:
         """Fraction of the stage done, in [0, 1): epoch-wise schedules (BSS) read this."""
         return (self.epoch + self.step / max(1, self.steps_per_epoch)) / max(1, self.epochs)
+
+
+def teacher_feature(ctx: StepContext, tap: str) -> torch.Tensor:
+    """The first teacher's feature at ``tap`` as a constant float32 tensor (the one accessor of feature and
+    relation terms); a tap that was not captured is named with the ones that were."""
+    feats = ctx.t_feats
+    if tap not in feats:
+        raise RuntimeError(f"teacher feature {tap!r} was not captured (taps: {sorted(feats)})")
+    return feats[tap].detach().float()
 
 
 class Term(nn.Module):

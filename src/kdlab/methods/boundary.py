@@ -115,20 +115,29 @@ def bss_attack(teacher, x: torch.Tensor, target: torch.Tensor, *, steps: int = 1
 
 class BSSParams(TermParams):
     # λ_BSS is applied inside the term (its schedule), so the recipe weight stays 1.
-    weight: float = 1.0
-    tau: float = Field(3.0, gt=0)  # temperature = 3 [train_BSS_distillation.py]
-    max_samples: int = Field(64, ge=1)  # attack_size = 64 [train_BSS_distillation.py]; caps the attack cost
-    steps: int = Field(10, ge=1)  # num_steps = 10 [train_BSS_distillation.py]
-    step_size: float = Field(0.3, gt=0)  # step_alpha = 0.3 [train_BSS_distillation.py, norm=2 attack]
+    weight: float = Field(1.0, description=(
+        "multiplier of this term's loss in the objective (λ_BSS is scheduled inside the term)"))
+    # temperature = 3 [train_BSS_distillation.py]
+    tau: float = Field(3.0, gt=0, description="temperature of the soft cross-entropy on the adversarial samples")
+    # attack_size = 64 [train_BSS_distillation.py]; caps the attack cost
+    max_samples: int = Field(64, ge=1, description=(
+        "at most this many samples of a batch are attacked (caps the attack cost)"))
+    # num_steps = 10 [train_BSS_distillation.py]
+    steps: int = Field(10, ge=1, description="attack steps towards the other class's boundary")
+    # step_alpha = 0.3 [train_BSS_distillation.py, norm=2 attack]
+    step_size: float = Field(0.3, gt=0, description="L2 step size of the attack")
     # torch.clamp(-2.5, 2.5) [attack_BSS.py]: the range of CIFAR-10 inputs after mean/std normalisation.
     # kdlab inputs are normalised the same way; set null for no clamp or a range that fits your data.
-    clamp: tuple[float, float] | None = (-2.5, 2.5)
+    clamp: tuple[float, float] | None = Field((-2.5, 2.5), description=(
+        "input range the attack is clamped to (normalised units); null: no clamp"))
     # λ_BSS(e) = max(start·(1 − e/(zero_at·E)), 0): attack_ratio = max(2(1 − 4/3·e/E), 0) [train_BSS_distillation.py]
-    start: float = Field(2.0, ge=0)
-    zero_at: float = Field(0.75, gt=0)
+    start: float = Field(2.0, ge=0, description="λ_BSS at the first epoch")
+    zero_at: float = Field(0.75, gt=0, description="fraction of training at which λ_BSS reaches 0 (linear decay)")
     # The paper selects samples classified correctly by teacher AND student (this default, as in our spec);
     # the official code checks the teacher only (set false for that).
-    require_student_correct: bool = True
+    require_student_correct: bool = Field(True, description=(
+        "attack only samples both teacher and student classify correctly (the paper); false: the teacher only (the "
+        "official code)"))
 
     @model_validator(mode="after")
     def _clamp_order(self) -> "BSSParams":
@@ -172,11 +181,13 @@ class BSS(Term):
 
 class BSSKDParams(TermParams):
     # λ_KD is applied inside the term (its schedule), so the recipe weight stays 1.
-    weight: float = 1.0
-    tau: float = Field(3.0, gt=0)  # temperature = 3 [train_BSS_distillation.py]
+    weight: float = Field(1.0, description=(
+        "multiplier of this term's loss in the objective (λ_KD is scheduled inside the term)"))
+    # temperature = 3 [train_BSS_distillation.py]
+    tau: float = Field(3.0, gt=0, description="temperature of the soft cross-entropy (no tau^2)")
     # λ_KD(e) = base + max(extra·(1 − e/E), 0): ratio = max(3(1 − e/E), 0) + 1 [train_BSS_distillation.py]
-    base: float = 1.0
-    extra: float = 3.0
+    base: float = Field(1.0, description="λ_KD floor: λ_KD(e) = base + max(extra·(1 − e/E), 0)")
+    extra: float = Field(3.0, description="λ_KD's extra weight at the start, decaying linearly to 0")
 
 
 @TERMS.register("bss_kd", description="KD as in BSS: soft cross-entropy at tau=3 (no tau^2), weight 4→1 over "

@@ -38,20 +38,27 @@ from kdlab.registry import TERMS
 class CRDParams(TermParams):
     # beta = 0.8 with CE weight 1 and no KD: RepDistiller scripts/run_cifar_distill.sh (`-a 0 -b 0.8`, `-r`
     # defaults to 1); "CRD+KD" in the same script adds KD with `-a 1` (see recipes/methods/crd.yaml).
-    weight: float = 0.8
-    feat_dim: int = Field(128, ge=1)  # embedding size 128 (Tian et al. 2020; RepDistiller --feat_dim)
-    nce_k: int = Field(16384, ge=1)  # negatives per positive, 16384 (Tian et al. 2020; RepDistiller --nce_k);
+    weight: float = Field(0.8, description="beta, the multiplier of the contrastive loss")
+    # embedding size 128 (Tian et al. 2020; RepDistiller --feat_dim)
+    feat_dim: int = Field(128, ge=1, description="size of the L2-normalised embeddings")
+    # negatives per positive, 16384 (Tian et al. 2020; RepDistiller --nce_k);
+    nce_k: int = Field(16384, ge=1, description="negatives per positive (bounded at setup to the training size - 1)")
     # bounded at setup to num_train - 1
-    nce_t: float = Field(0.07, gt=0)  # temperature 0.07 (RepDistiller --nce_t)
-    nce_m: float = Field(0.5, ge=0, lt=1)  # bank momentum 0.5 (RepDistiller --nce_m)
-    eps: float = Field(1e-7, gt=0)  # RepDistiller crd/criterion.py eps
+    # temperature 0.07 (RepDistiller --nce_t)
+    nce_t: float = Field(0.07, gt=0, description="temperature of the NCE logits")
+    nce_m: float = Field(0.5, ge=0, lt=1, description="momentum of the memory-bank update")
+    # RepDistiller crd/criterion.py eps
+    eps: float = Field(1e-7, gt=0, description="numerical epsilon of the NCE criterion")
     # "class": negatives from other classes than the anchor's, RepDistiller's default `--mode exact`
     # (CIFAR100InstanceSample draws them from cls_negative). Labels are learnt from the batches seen, so in the
     # first epoch a negative of a not-yet-seen sample may share the anchor's class. "instance": any other sample.
-    negatives: Literal["class", "instance"] = "class"
-    memory_limit_mb: float = Field(2048.0, gt=0)  # guard on the two banks' size (kdlab's own, not from a paper)
-    student_layer: str = "@penultimate"  # RepDistiller embeds feat[-1], the pooled penultimate feature
-    teacher_layer: str = "@penultimate"
+    negatives: Literal["class", "instance"] = Field("class", description=(
+        "class: negatives from other classes than the anchor's; instance: any other sample"))
+    # guard on the two banks' size (kdlab's own, not from a paper)
+    memory_limit_mb: float = Field(2048.0, gt=0, description="refuse memory banks larger than this (MB)")
+    # RepDistiller embeds feat[-1], the pooled penultimate feature
+    student_layer: str = Field("@penultimate", description="student feature embedded (module path or @alias)")
+    teacher_layer: str = Field("@penultimate", description="teacher feature embedded (module path or @alias)")
 
 
 def _bank(n: int, dim: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from kdlab.errors import KDLabError
-from kdlab.methods.base import SetupInfo, StepContext, Taps, Term, TermParams
+from kdlab.methods.base import SetupInfo, StepContext, Taps, Term, TermParams, teacher_feature
 from kdlab.methods.connectors import make_connector
 from kdlab.registry import TERMS
 
@@ -67,10 +67,6 @@ def _need_map(shape: torch.Size | tuple[int, ...], term: str, tap: str) -> None:
                          "(C, H, W) or (C, L) - tap a stage output, not the pooled penultimate vector")
 
 
-def _teacher(ctx: StepContext, tap: str) -> torch.Tensor:
-    return ctx.t_feats[tap].detach().float()
-
-
 def _keyed(taps: list[str]) -> list[str]:
     """Module-dict keys for taps (``.`` and ``@`` are not allowed in ModuleDict keys)."""
     return [f"l{i}" for i in range(len(taps))]
@@ -79,8 +75,10 @@ def _keyed(taps: list[str]) -> list[str]:
 class _LayersParams(TermParams):
     """Shared by multi-layer terms: ``layers`` on the student, ``teacher_layers`` (default: the same)."""
 
-    layers: list[str] = Field(default_factory=lambda: list(STAGES3), min_length=1)
-    teacher_layers: list[str] | None = None
+    layers: list[str] = Field(default_factory=lambda: list(STAGES3), min_length=1, description=(
+        "student taps (module paths or @aliases), one loss per tap"))
+    teacher_layers: list[str] | None = Field(None, description=(
+        "teacher taps paired one to one with `layers`; null: the same names"))
 
     @model_validator(mode="after")
     def _same_length(self) -> "_LayersParams":
@@ -105,7 +103,7 @@ class _LayersTerm(Term):
         return Taps(student=tuple(dict.fromkeys(self.s_layers)), teacher=tuple(dict.fromkeys(self.t_layers)))
 
     def pairs(self, ctx: StepContext) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(ctx.s_feats[s].float(), _teacher(ctx, t)) for s, t in zip(self.s_layers, self.t_layers)]
+        return [(ctx.s_feats[s].float(), teacher_feature(ctx, t)) for s, t in zip(self.s_layers, self.t_layers)]
 
 
 # ----------------------------------------------------------------------------------------------- FitNet
@@ -115,13 +113,16 @@ class FitNetParams(TermParams):
     # Romero et al. 2015 train the hint stage alone with 1/2 ||u_h - r(v_g)||^2; RepDistiller (fitnet, -b 100)
     # uses MSE (mean over elements) with weight 100 next to CE. We use the MSE form and RepDistiller's 100: the
     # two differ by the constant C*H*W/2, which in a hint-only stage only rescales the learning rate.
-    weight: float = 100.0
-    student_layer: str = "@stage2"  # RepDistiller hint_layer=2: the end of the 2nd stage (the paper: a middle layer)
-    teacher_layer: str = "@stage2"
+    weight: float = Field(100.0, description="multiplier of this term's loss in the objective")
+    # RepDistiller hint_layer=2: the end of the 2nd stage (the paper: a middle layer)
+    student_layer: str = Field("@stage2", description="student hint tap (module path or @alias)")
+    teacher_layer: str = Field("@stage2", description="teacher hint tap (module path or @alias)")
     # convreg: RepDistiller's ConvReg (models/util.py) - 1x1 conv at equal resolution, stride-2 3x3 conv for 2x
     # downsampling, 4x4 stride-2 transposed conv for 2x upsampling, else a conv of kernel n_s - n_t + 1 (Romero
     # et al. 2015, Sec. 2.2) - then BN + ReLU. conv1x1 (+ BN) and conv3x3 (+ BN + ReLU) resize first.
-    connector: Literal["convreg", "conv1x1", "conv3x3", "identity"] = "convreg"
+    connector: Literal["convreg", "conv1x1", "conv3x3", "identity"] = Field("convreg", description=(
+        "regressor from the student map to the teacher's: convreg (RepDistiller's ConvReg), conv1x1, conv3x3 or "
+        "identity"))
 
 
 @TERMS.register("fitnet", description="FitNet hints: MSE between a regressor of a student layer and a teacher layer",
@@ -138,7 +139,7 @@ class FitNet(Term):
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         s = self.connector(ctx.s_feats[self.p.student_layer].float()).float()
-        t = _teacher(ctx, self.p.teacher_layer)
+        t = teacher_feature(ctx, self.p.teacher_layer)
         return {"loss": (s - t).pow(2).mean()}
 
 
@@ -155,8 +156,8 @@ class ATParams(_LayersParams):
     # Zagoruyko & Komodakis 2017: beta = 1000 with p = 2 (paper Sec. 4 and RepDistiller `-b 1000`). The paper
     # writes beta/2 * sum_j ||Q_s/|Q_s| - Q_t/|Q_t|||_2; the authors' code (szagoruyko/attention-transfer
     # cifar.py) and RepDistiller (AT.py) use beta * sum_j mean((Q_s - Q_t)^2), which is what we compute.
-    weight: float = 1000.0
-    p: float = Field(2.0, gt=0)  # paper: p = 2
+    weight: float = Field(1000.0, description="beta, the multiplier of the attention loss")
+    p: float = Field(2.0, gt=0, description="power of the attention map mean_c |F|^p")  # paper: p = 2
     # layers: the three stage ends (paper: the ends of the three WRN groups; RepDistiller: feat[1:-1])
 
 
@@ -193,9 +194,9 @@ def poly_mmd(s: torch.Tensor, t: torch.Tensor, degree: int, c: float) -> torch.T
 class NSTParams(_LayersParams):
     # Huang & Wang 2017 (neuron selectivity transfer): polynomial kernel with d = 2, c = 0 (the paper's choice
     # for CIFAR); weight 50 as RepDistiller (`-b 50`), which also takes the stage ends feat[1:-1].
-    weight: float = 50.0
-    degree: int = Field(2, ge=1)
-    c: float = 0.0
+    weight: float = Field(50.0, description="multiplier of this term's loss in the objective")
+    degree: int = Field(2, ge=1, description="degree d of the polynomial kernel")
+    c: float = Field(0.0, description="constant c of the polynomial kernel")
 
 
 @TERMS.register("nst", description="neuron selectivity transfer: polynomial-kernel MMD between channel activations",
@@ -226,10 +227,10 @@ class VIDParams(_LayersParams):
     # variance (softplus); the authors' code (ssahn0215/variational-information-distillation, as in RepDistiller
     # VID.py) initialises the variance at 5.0 with eps 1e-5 and uses three 1x1 convs with ReLUs and as many
     # hidden channels as the teacher layer. Weight 1 and the stage ends feat[1:-1]: RepDistiller (`-b 1`).
-    weight: float = 1.0
-    init_var: float = Field(5.0, gt=0)
-    eps: float = Field(1e-5, gt=0)
-    hidden: int | None = None  # hidden channels of the regressor; None = the teacher layer's channels
+    weight: float = Field(1.0, description="multiplier of this term's loss in the objective")
+    init_var: float = Field(5.0, gt=0, description="initial per-channel variance of q(t|s)")
+    eps: float = Field(1e-5, gt=0, description="variance floor")
+    hidden: int | None = Field(None, description="hidden channels of the regressor; null: the teacher layer's channels")
 
 
 class _VIDHead(nn.Module):
@@ -284,15 +285,17 @@ class FSPParams(_LayersParams):
     # variant (as RepDistiller FSP.py): matrices between consecutive taps of `layers`, the larger map pooled to the
     # smaller, loss = sum over pairs of mean((G_s - G_t)^2). Weight 1: RepDistiller's init stage sums the
     # losses without a factor; the paper trains FSP alone in its first stage, then CE.
-    weight: float = 1.0
+    weight: float = Field(1.0, description="multiplier of this term's loss in the objective")
     # The stem output and every stage end: 3 matrices on the 3-stage CIFAR nets, as the paper (one per ResNet
     # section, from its input to its output) and RepDistiller (feat[:-1] = stem + stages). VGG/MobileNetV2 have
     # a 4th stage: add "@stage4" to match RepDistiller there.
-    layers: list[str] = Field(default_factory=lambda: ["@stem", *STAGES3], min_length=2)
+    layers: list[str] = Field(default_factory=lambda: ["@stem", *STAGES3], min_length=2, description=(
+        "taps whose consecutive pairs give the FSP matrices (stem and stage ends)"))
     # The paper and RepDistiller need equal channel counts (RepDistiller raises). Our extension: where the
     # student's channels differ, a 1x1 conv + BN connector on the student side maps them to the teacher's
     # (trained with the FSP loss); "none" keeps the strict behaviour and raises.
-    connector: Literal["conv1x1", "none"] = "conv1x1"
+    connector: Literal["conv1x1", "none"] = Field("conv1x1", description=(
+        "conv1x1: a 1x1 conv + BN maps differing student channels to the teacher's; none: equal channels required"))
 
 
 @TERMS.register("fsp", description="flow of solution procedure: L2 between Gram matrices of consecutive stage maps",
@@ -344,12 +347,15 @@ class ABParams(_LayersParams):
     # Heo et al. AAAI 2019: pre-ReLU maps at the stage ends, margin mu = 1, connector 1x1 conv + BN, layer i of
     # n weighted 2^(i-n+1) (the deepest gets 1), loss summed over elements and divided by the batch size.
     # RepDistiller (AB.py, citing the authors' code bhheo/AB_distillation) further scales by 3/1000: our weight.
-    weight: float = 0.003
-    layers: list[str] = Field(default_factory=lambda: list(PRE_STAGES3), min_length=1)
-    margin: float = Field(1.0, ge=0)
+    weight: float = Field(0.003, description=(
+        "multiplier of this term's loss in the objective (RepDistiller's 3/1000 scaling)"))
+    layers: list[str] = Field(default_factory=lambda: list(PRE_STAGES3), min_length=1, description=(
+        "student pre-ReLU taps whose activation boundaries are transferred"))
+    margin: float = Field(1.0, ge=0, description="margin mu of the hinge on the teacher's pre-ReLU sign")
     # auto: identity where the student map already has the teacher's shape, else 1x1 conv + BN (the paper's
     # connector), as RepDistiller's Connector (models/util.py) skips it on equal shapes; conv1x1: always.
-    connector: Literal["auto", "conv1x1", "identity"] = "auto"
+    connector: Literal["auto", "conv1x1", "identity"] = Field("auto", description=(
+        "auto: identity where shapes match, else 1x1 conv + BN; conv1x1: always; identity: never"))
 
 
 @TERMS.register("ab", description="activation boundaries: hinge-squared loss on pre-ReLU signs (init stage)",
@@ -424,14 +430,20 @@ class FTParams(TermParams):
     # weight defaults to 1 there; mode "transfer" trains the student's translator (and the student) with the L1
     # between normalised factors, the paraphraser frozen. Keep the same label in both stages so the
     # paraphraser carries over.
-    weight: float = 200.0
-    mode: Literal["pretrain", "transfer"] = "transfer"
-    student_layer: str = "@last"  # paper / RepDistiller: the last feature map before pooling (feat[-2])
-    teacher_layer: str = "@last"
-    rate: float = Field(0.5, gt=0)  # paraphrase rate k = 0.5 (paper's CIFAR setting; RepDistiller default)
-    factor: Literal["channel_mean", "flat"] = "channel_mean"
-    paraphraser_bn: bool = False  # RepDistiller: no BN in the paraphraser, BN in the translator
-    translator_bn: bool = True
+    weight: float = Field(200.0, description="multiplier of this term's loss in the objective (1 in pretrain mode)")
+    mode: Literal["pretrain", "transfer"] = Field("transfer", description=(
+        "pretrain: train the paraphraser alone by reconstruction; transfer: the student's translator matches the "
+        "frozen paraphraser's factors"))
+    # paper / RepDistiller: the last feature map before pooling (feat[-2])
+    student_layer: str = Field("@last", description="student map translated (module path or @alias)")
+    teacher_layer: str = Field("@last", description="teacher map paraphrased (module path or @alias)")
+    # paraphrase rate k = 0.5 (paper's CIFAR setting; RepDistiller default)
+    rate: float = Field(0.5, gt=0, description="paraphrase rate k: factor channels = k x teacher channels")
+    factor: Literal["channel_mean", "flat"] = Field("channel_mean", description=(
+        "channel_mean: factors averaged over channels; flat: whole maps"))
+    # RepDistiller: no BN in the paraphraser, BN in the translator
+    paraphraser_bn: bool = Field(False, description="BatchNorm in the paraphraser")
+    translator_bn: bool = Field(True, description="BatchNorm in the translator")
 
     @model_validator(mode="before")
     @classmethod
@@ -474,7 +486,7 @@ class FactorTransfer(Term):
         return self
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        t = _teacher(ctx, self.p.teacher_layer)
+        t = teacher_feature(ctx, self.p.teacher_layer)
         if self.p.mode == "pretrain":
             _, rec = self.paraphraser(t)
             if self.training:

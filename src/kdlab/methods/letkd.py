@@ -50,11 +50,16 @@ def score_kl(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class _LetKDParams(TermParams):
-    weight: float = 1.0  # lambda (quest_loss_coef / sub_loss_coef = 1.0 in every config)
-    kmeans: Literal["auto", "sklearn", "torch"] = "auto"  # see kdlab.layers.templates
-    kmeans_iters: int = Field(20, ge=1)  # faiss' default niter, as in the authors' clustering code
-    fit_samples: int | None = Field(None, ge=1)  # fit on a seeded random subset of this many locations (None: all)
-    cache: str | None = None  # label of run_dir/templates-<cache>.safetensors (default: the term's name)
+    # lambda (quest_loss_coef / sub_loss_coef = 1.0 in every config)
+    weight: float = Field(1.0, description="lambda, the multiplier of the letKD loss")
+    # see kdlab.layers.templates
+    kmeans: Literal["auto", "sklearn", "torch"] = Field("auto", description=(
+        "k-means backend for the templates: auto, sklearn or torch"))
+    # faiss' default niter, as in the authors' clustering code
+    kmeans_iters: int = Field(20, ge=1, description="k-means iterations")
+    fit_samples: int | None = Field(None, ge=1, description=(
+        "fit on a seeded random subset of this many locations; null: all"))
+    cache: str | None = Field(None, description="label of run_dir/templates-<cache>.safetensors; null: the term's name")
 
 
 class _LetKDTerm(Term):
@@ -121,12 +126,14 @@ class _LetKDTerm(Term):
 
 
 class LetKDPenultParams(_LetKDParams):
-    student_layer: str = "layer3"  # where the penultimate letkd layer is inserted (@last of the CIFAR ResNets)
-    teacher_layer: str = "@last"  # the teacher's last-stage map
-    tau: float = Field(1.0, gt=0)  # softmax(-tau * squared distance); `temperature: 1` in the configs
+    # where the penultimate letkd layer is inserted (@last of the CIFAR ResNets)
+    student_layer: str = Field("layer3", description="path of the inserted penultimate letkd layer")
+    teacher_layer: str = Field("@last", description="teacher last-stage map whose k-means templates are the targets")
+    tau: float = Field(1.0, gt=0, description="softmax(-tau · squared distance) of the targets")
     # Instead of tau: calibrate tau at fit time so that the mean target entropy is this many nats (not in the
     # paper; the sharpness of softmax(-||f - rho||^2) depends on the teacher's feature scale).
-    target_entropy: float | None = Field(None, gt=0)
+    target_entropy: float | None = Field(None, gt=0, description=(
+        "instead of tau: calibrate tau so that the mean target entropy is this many nats"))
 
 
 @TERMS.register("letkd_penult", description="letKD-1: KL(softmax(-tau||f_t - rho_k||^2) || softmax(letkd scores)) "
@@ -165,9 +172,13 @@ class LetKDPenult(_LetKDTerm):
 class LetKDInterParams(_LetKDParams):
     # where the intermediate letkd layer is inserted, as a path after all insertions: layer3.0 of a CIFAR ResNet,
     # inside layer3 wrapped by the penultimate layer (recipes/methods/letkd2.yaml)
-    student_layer: str = "layer3.inner.0"
-    teacher_layer: str = "layer3.0"  # the teacher's first block of its last stage (CIFAR ResNets)
-    lda_components: int = Field(60, ge=1)  # 60 for CIFAR-100 in the paper; capped at classes - 1 and C_t
+    student_layer: str = Field("layer3.inner.0", description=(
+        "path of the inserted intermediate letkd layer (after all insertions)"))
+    # the teacher's first block of its last stage (CIFAR ResNets)
+    teacher_layer: str = Field("layer3.0", description="teacher block whose sub-class decisions supervise it")
+    # 60 for CIFAR-100 in the paper; capped at classes - 1 and C_t
+    lda_components: int = Field(60, ge=1, description=(
+        "LDA components of the teacher features (capped at classes - 1 and channels)"))
 
 
 @TERMS.register("letkd_inter", description="letKD-2: KL(s_T[k*] || softmax(letkd scores)), teacher sub-class "

@@ -62,8 +62,8 @@ def _check_pair(s: torch.Tensor, t: torch.Tensor, name: str) -> None:
 
 
 class CEParams(TermParams):
-    weight: float = 1.0
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    weight: float = Field(1.0, description="multiplier of this term's loss in the objective")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing epsilon of the cross-entropy")
 
 
 @TERMS.register("ce", description="cross-entropy with the (possibly noisy) labels", paper="-")
@@ -89,10 +89,10 @@ class CrossEntropy(Term):
 
 class KDParams(TermParams):
     # Hinton et al. 2015; tau=4 and weights 0.9 KD / 0.1 CE as in RepDistiller and the seed papers.
-    weight: float = 0.9
-    tau: float = Field(4.0, gt=0)
+    weight: float = Field(0.9, description="multiplier of this term's loss in the objective")
+    tau: float = Field(4.0, gt=0, description="temperature of both softmaxes (the loss is scaled by tau^2)")
     # Sun et al., CVPR 2024: z-score logits before the temperature (off = Hinton's original).
-    standardize: bool = False
+    standardize: bool = Field(False, description="z-score the logits before the temperature (Sun et al. 2024)")
 
 
 @TERMS.register("kd", description="Hinton KD: tau^2 KL(p_t^tau || p_s^tau)", paper="Hinton et al., 2015")
@@ -108,9 +108,10 @@ class HintonKD(Term):
 class LSKDParams(KDParams):
     # Sun et al., CVPR 2024, README of sunshangquan/logit-standardization-KD for CIFAR-100:
     # `--logit-stand --base-temp 2 --kd-weight 9` (CE weight stays 0.1 from mdistiller's KD config).
-    weight: float = 9.0
-    tau: float = Field(2.0, gt=0)  # "base temperature" 2 (3 for a few pairs in the authors' logs)
-    standardize: bool = True
+    weight: float = Field(9.0, description="multiplier of this term's loss in the objective")
+    # "base temperature" 2 (3 for a few pairs in the authors' logs)
+    tau: float = Field(2.0, gt=0, description="base temperature of the standardised logits")
+    standardize: bool = Field(True, description="z-score the logits before the temperature (the method itself)")
 
 
 @TERMS.register("ls_kd", description="KD on z-scored logits (logit standardization), base tau 2, weight 9",
@@ -170,12 +171,13 @@ def dkd_parts(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, tau: float) -> 
 class DKDParams(TermParams):
     # Zhao et al., CVPR 2022; CIFAR-100 defaults of mdistiller (configs/cifar100/dkd, engine/cfg.py):
     # DKD.ALPHA 1.0, DKD.BETA 8.0, DKD.T 4.0, DKD.WARMUP 20, CE_WEIGHT 1.0 (the recipe's `ce` term).
-    weight: float = 1.0
-    alpha: float = Field(1.0, ge=0)  # TCKD coefficient
-    beta: float = Field(8.0, ge=0)  # NCKD coefficient (mdistiller CIFAR; ImageNet uses 0.5)
-    tau: float = Field(4.0, gt=0)
-    warmup: int = Field(20, ge=0)  # epochs; factor min(epoch / warmup, 1) with mdistiller's 1-based epoch
-    standardize: bool = False  # Sun et al., CVPR 2024
+    weight: float = Field(1.0, description="multiplier of this term's loss in the objective")
+    alpha: float = Field(1.0, ge=0, description="TCKD (target-class) coefficient")
+    # NCKD coefficient (mdistiller CIFAR; ImageNet uses 0.5)
+    beta: float = Field(8.0, ge=0, description="NCKD (non-target-class) coefficient")
+    tau: float = Field(4.0, gt=0, description="temperature")
+    warmup: int = Field(20, ge=0, description="epochs of linear warm-up: factor min(epoch / warmup, 1)")
+    standardize: bool = Field(False, description="z-score the logits first (Sun et al. 2024)")  # Sun et al., CVPR 2024
 
 
 @TERMS.register("dkd", description="decoupled KD: alpha*TCKD + beta*NCKD with a linear warm-up",
@@ -214,11 +216,11 @@ class DISTParams(TermParams):
     # Huang et al., NeurIPS 2022. CIFAR-100 setting of the authors' code (hunto/DIST_KD, CIFAR strategy config,
     # as compared on identical tensors in issue 15): tau = 4 and loss weight 2 next to CE weight 1; beta = gamma
     # = 1. (tau = 1 and weight 1 are the ImageNet setting of the paper.)
-    weight: float = 2.0
-    beta: float = Field(1.0, ge=0)  # inter-class relation (per sample, over classes)
-    gamma: float = Field(1.0, ge=0)  # intra-class relation (per class, over the batch)
-    tau: float = Field(4.0, gt=0)
-    standardize: bool = False  # Sun et al., CVPR 2024
+    weight: float = Field(2.0, description="multiplier of this term's loss in the objective")
+    beta: float = Field(1.0, ge=0, description="weight of the inter-class relation (per sample, over classes)")
+    gamma: float = Field(1.0, ge=0, description="weight of the intra-class relation (per class, over the batch)")
+    tau: float = Field(4.0, gt=0, description="temperature of both predictions")
+    standardize: bool = Field(False, description="z-score the logits first (Sun et al. 2024)")  # Sun et al., CVPR 2024
 
 
 @TERMS.register("dist", description="DIST: Pearson-correlation inter-class + intra-class relations of predictions",
@@ -256,25 +258,30 @@ MLKD_MIN_CLASSES = 5
 class MLKDParams(TermParams):
     # Jin et al., CVPR 2023 (Jin-Ying/Multi-Level-Logit-Distillation, mdistiller/distillers/KD_ours.py):
     # every level at T in {4, 3, 5, 2, 6}, each scaled by mdistiller's KD.LOSS.KD_WEIGHT = 0.9 (CE 0.1).
-    weight: float = 0.9
-    temperatures: list[float] = Field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0])
+    weight: float = Field(0.9, description="multiplier of this term's loss in the objective")
+    temperatures: list[float] = Field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0], description=(
+        "temperatures at which every level is computed and summed"))
     # multipliers of the three levels (1 in the paper; set one to 0 for an ablation)
-    w_instance: float = Field(1.0, ge=0)  # tau^2 KL per sample
-    w_batch: float = Field(1.0, ge=0)  # B x B Gram matrix of the predictions
-    w_class: float = Field(1.0, ge=0)  # C x C Gram matrix of the predictions
+    w_instance: float = Field(1.0, ge=0, description="multiplier of the instance level (tau^2 KL per sample)")
+    w_batch: float = Field(1.0, ge=0, description=(
+        "multiplier of the batch level (B x B Gram matrix of the predictions)"))
+    w_class: float = Field(1.0, ge=0, description=(
+        "multiplier of the class level (C x C Gram matrix of the predictions)"))
     # Sun et al., CVPR 2024; as in their MLKD code it z-scores the logits of the instance level only.
-    standardize: bool = False
+    standardize: bool = Field(False, description="z-score the logits of the instance level (Sun et al. 2024)")
     # Against the instance level (a batch mean), the per-sample gradient of the batch level grows as B / C (a
     # sample shares a class with ~B / C others) and that of the class level as (B / C)^2 (M counts samples per
     # class pair): the authors tuned all three at CIFAR-100's B = 64, C = 100; on 10 or 2 classes the same formulas
     # are 6-30x and 40-1000x stronger and send a small student to chance (issue 15). "cifar100" (ours) multiplies
     # the batch level by r = (64 / B)(C / 100) and the class level by r^2 - exactly 1 in the authors' setting -
     # so the three keep their tuned proportions; "none" is the authors' formula at any B and C.
-    level_scale: Literal["cifar100", "none"] = "cifar100"
+    level_scale: Literal["cifar100", "none"] = Field("cifar100", description=(
+        "cifar100: rescale batch/class levels to the authors' B = 64, C = 100 proportions; none: the authors' formula "
+        "at any B and C"))
     # Linear warm-up of the whole term over the first `warmup` epochs (fractional: (epoch + (step + 1) / steps) /
     # warmup), as DKD's authors do (mdistiller DKD.WARMUP = 20); ours, not in the MLKD code (0 = off, theirs):
     # without it the first epochs at full strength sent digits students to chance (issue 15).
-    warmup: float = Field(20.0, ge=0)
+    warmup: float = Field(20.0, ge=0, description="epochs of linear warm-up of the whole term (0: off)")
 
     @field_validator("temperatures")
     @classmethod
@@ -341,11 +348,13 @@ class MultiLevelKD(Term):
 class MTKDParams(TermParams):
     # Hinton et al. 2015 / You et al., KDD 2017: the target is the average of the teachers' softened
     # distributions; tau = 4 and weight 0.9 as the single-teacher `kd`.
-    weight: float = 0.9
-    tau: float = Field(4.0, gt=0)
-    reduce: Literal["mean_probs", "sum_kd"] = "mean_probs"
+    weight: float = Field(0.9, description="multiplier of this term's loss in the objective")
+    tau: float = Field(4.0, gt=0, description="temperature")
+    reduce: Literal["mean_probs", "sum_kd"] = Field("mean_probs", description=(
+        "mean_probs: KD to the mean of the teachers' softened outputs; sum_kd: weighted sum of per-teacher KD terms"))
     # per-teacher weights (normalised to sum 1 for mean_probs; used as given for sum_kd). None: 1/M each.
-    weights: list[float] | None = None
+    weights: list[float] | None = Field(None, description=(
+        "per-teacher weights (normalised for mean_probs); null: 1/M each"))
 
     @field_validator("weights")
     @classmethod

@@ -20,8 +20,9 @@ from kdlab.registry import TERMS
 class DMLParams(TermParams):
     # Zhang et al., CVPR 2018 (Deep Mutual Learning): L_k = CE + 1/(K-1) sum_{l != k} KL(p_l || p_k),
     # no temperature (tau = 1) and weight 1 on the mimicry term.
-    weight: float = 1.0
-    tau: float = Field(1.0, gt=0)  # > 1 gives tau^2 KL(p_l^tau || p_k^tau), as in later collaborative works
+    weight: float = Field(1.0, description="multiplier of this term's loss in the objective")
+    # > 1 gives tau^2 KL(p_l^tau || p_k^tau), as in later collaborative works
+    tau: float = Field(1.0, gt=0, description="temperature; > 1 gives tau^2 KL(p_peer^tau || p_self^tau)")
 
 
 @TERMS.register("dml", description="deep mutual learning: KL(p_peer || p_self) averaged over the cohort peers",

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from kdlab.methods.base import SetupInfo, StepContext, Taps, Term, TermParams
+from kdlab.methods.base import SetupInfo, StepContext, Taps, Term, TermParams, teacher_feature
 from kdlab.registry import TERMS
 
 
@@ -34,13 +34,6 @@ def _fp32(x: torch.Tensor) -> torch.Tensor:
 
 def _no_autocast(x: torch.Tensor):
     return torch.autocast(x.device.type, enabled=False)
-
-
-def _teacher_feat(ctx: StepContext, tap: str) -> torch.Tensor:
-    feats = ctx.t_feats
-    if tap not in feats:
-        raise RuntimeError(f"teacher feature {tap!r} was not captured (taps: {sorted(feats)})")
-    return feats[tap]
 
 
 # ------------------------------------------------------------------------------------------------ RKD
@@ -85,12 +78,15 @@ def rkd_angle_potential(e: torch.Tensor) -> torch.Tensor:
 
 
 class RKDParams(TermParams):
-    weight: float = 1.0  # beta = 1: RepDistiller scripts/run_cifar_distill.sh (`-b 1`); Park et al. 2019
-    distance_weight: float = Field(25.0, ge=0)  # lambda_D = 25 (Park et al. 2019; RepDistiller RKDLoss w_d)
-    angle_weight: float = Field(50.0, ge=0)  # lambda_A = 50 (Park et al. 2019; RepDistiller RKDLoss w_a)
+    # beta = 1: RepDistiller scripts/run_cifar_distill.sh (`-b 1`); Park et al. 2019
+    weight: float = Field(1.0, description="multiplier of this term's loss in the objective")
+    # lambda_D = 25 (Park et al. 2019; RepDistiller RKDLoss w_d)
+    distance_weight: float = Field(25.0, ge=0, description="lambda_D, weight of the distance potential")
+    # lambda_A = 50 (Park et al. 2019; RepDistiller RKDLoss w_a)
+    angle_weight: float = Field(50.0, ge=0, description="lambda_A, weight of the angle potential")
     # the pooled embedding = input of fc (Park et al. 2019; RepDistiller feat[-1])
-    student_layer: str = "@penultimate"
-    teacher_layer: str = "@penultimate"
+    student_layer: str = Field("@penultimate", description="student embedding (module path or @alias)")
+    teacher_layer: str = Field("@penultimate", description="teacher embedding (module path or @alias)")
 
 
 @TERMS.register("rkd", description="relational KD: distance (x25) + angle (x50) potentials, smooth-L1, on embeddings",
@@ -110,7 +106,7 @@ class RKD(Term):
         with _no_autocast(s_raw):
             s = _fp32(s_raw)
             with torch.no_grad():
-                t = _fp32(_teacher_feat(ctx, self.p.teacher_layer))
+                t = _fp32(teacher_feature(ctx, self.p.teacher_layer))
                 t_d = rkd_distance_potential(t) if self.p.distance_weight else None
                 t_a = rkd_angle_potential(t) if self.p.angle_weight else None
             out: dict[str, torch.Tensor] = {}
@@ -131,11 +127,14 @@ def sp_similarity(f: torch.Tensor) -> torch.Tensor:
 
 
 class SPParams(TermParams):
-    weight: float = 3000.0  # gamma = 3000 (Tung & Mori 2019 for CIFAR; RepDistiller `-b 3000`)
+    # gamma = 3000 (Tung & Mori 2019 for CIFAR; RepDistiller `-b 3000`)
+    weight: float = Field(3000.0, description="gamma, the multiplier of the similarity-preserving loss")
     # The last stage map before pooling (RepDistiller feat[-2]). The paper sums the loss over several
     # (student, teacher) layer pairs: list them here; `teacher_layers` (default: the same) pairs one to one.
-    layers: list[str] = Field(default_factory=lambda: ["@last"], min_length=1)
-    teacher_layers: list[str] | None = None
+    layers: list[str] = Field(default_factory=lambda: ["@last"], min_length=1, description=(
+        "student maps whose batch similarity matrices are matched"))
+    teacher_layers: list[str] | None = Field(None, description=(
+        "teacher maps paired one to one with `layers`; null: the same names"))
 
     @model_validator(mode="after")
     def _same_length(self) -> "SPParams":
@@ -166,7 +165,7 @@ class SimilarityPreserving(Term):
             s_raw = ctx.s_feats[s_tap]
             with _no_autocast(s_raw):
                 with torch.no_grad():
-                    g_t = sp_similarity(_teacher_feat(ctx, t_tap))
+                    g_t = sp_similarity(teacher_feature(ctx, t_tap))
                 g_s = sp_similarity(s_raw)
                 b = g_s.shape[0]
                 loss = (g_t - g_s).pow(2).sum() / (b * b)
@@ -201,14 +200,19 @@ class CCParams(TermParams):
     # benchmark rows), since the paper gives no value we could check. On identical 128-d embeddings at
     # initialisation (resnet8x4/resnet32x4 and resnet8/resnet20, B = 64) 0.02 * L_RepDistiller ~ 0.04 (~1% of the
     # initial CE) while this paper-form L_CC ~ 8e-4: beta = 50 puts it at the same share (0.02 left it ~1e-4 of CE).
-    weight: float = 50.0
-    feat_dim: int = Field(128, ge=1)  # linear embedding size 128: RepDistiller --feat_dim (LinearEmbed)
-    kernel: Literal["gaussian", "bilinear"] = "gaussian"  # Gaussian RBF, Taylor-approximated (Peng et al. 2019)
-    gamma: float = Field(0.4, gt=0)  # RBF gamma = 0.4 (Peng et al. 2019, as in our spec; PDF not re-read here)
-    order: int = Field(2, ge=0)  # Taylor order P = 2 (Peng et al. 2019, as in our spec; PDF not re-read here)
-    normalize: bool = True  # L2-normalise the embeddings before the kernel (the exp(-2 gamma) form)
-    student_layer: str = "@penultimate"  # RepDistiller embeds feat[-1], the pooled penultimate feature
-    teacher_layer: str = "@penultimate"
+    weight: float = Field(50.0, description="beta, the multiplier of the correlation-congruence loss")
+    # linear embedding size 128: RepDistiller --feat_dim (LinearEmbed)
+    feat_dim: int = Field(128, ge=1, description="size of the linear embeddings of both networks")
+    kernel: Literal["gaussian", "bilinear"] = Field("gaussian", description=(
+        "gaussian: Taylor-approximated RBF kernel; bilinear: plain inner products"))
+    # RBF gamma = 0.4 (Peng et al. 2019, as in our spec; PDF not re-read here)
+    gamma: float = Field(0.4, gt=0, description="RBF gamma of the gaussian kernel")
+    # Taylor order P = 2 (Peng et al. 2019, as in our spec; PDF not re-read here)
+    order: int = Field(2, ge=0, description="Taylor order P of the gaussian kernel")
+    normalize: bool = Field(True, description="L2-normalise the embeddings before the kernel")
+    # RepDistiller embeds feat[-1], the pooled penultimate feature
+    student_layer: str = Field("@penultimate", description="student feature embedded (module path or @alias)")
+    teacher_layer: str = Field("@penultimate", description="teacher feature embedded (module path or @alias)")
 
 
 @TERMS.register("cc", description="correlation congruence: ||C_t - C_s||_F^2 / B^2 of Taylor-RBF kernels of embeddings",
@@ -238,7 +242,7 @@ class CorrelationCongruence(Term):
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         s_raw = ctx.s_feats[self.p.student_layer]
-        t_raw = _teacher_feat(ctx, self.p.teacher_layer).detach()
+        t_raw = teacher_feature(ctx, self.p.teacher_layer).detach()
         with _no_autocast(s_raw):
             e_s = self._embed(self.embed_s, s_raw.float())
             e_t = self._embed(self.embed_t, t_raw.float())  # the teacher head is trained; the teacher is not
@@ -261,11 +265,13 @@ def pkt_conditional(f: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class PKTParams(TermParams):
-    weight: float = 30000.0  # RepDistiller `-b 30000`; the paper (Passalis & Tefas 2018) trains PKT alone (weight 1)
-    eps: float = Field(1e-7, gt=0)  # eps = 1e-7 (authors' code passalis/probabilistic_kt, RepDistiller PKT)
+    # RepDistiller `-b 30000`; the paper (Passalis & Tefas 2018) trains PKT alone (weight 1)
+    weight: float = Field(30000.0, description="multiplier of this term's loss in the objective")
+    # eps = 1e-7 (authors' code passalis/probabilistic_kt, RepDistiller PKT)
+    eps: float = Field(1e-7, gt=0, description="numerical epsilon of the cosine kernel")
     # the penultimate representation (RepDistiller feat[-1]; the paper transfers the last hidden layer's output)
-    student_layer: str = "@penultimate"
-    teacher_layer: str = "@penultimate"
+    student_layer: str = Field("@penultimate", description="student representation (module path or @alias)")
+    teacher_layer: str = Field("@penultimate", description="teacher representation (module path or @alias)")
 
 
 @TERMS.register("pkt", description="probabilistic KT: KL between cosine-kernel conditional distributions",
@@ -285,6 +291,6 @@ class PKT(Term):
         eps = self.p.eps
         with _no_autocast(s_raw):
             with torch.no_grad():
-                p_t = pkt_conditional(_teacher_feat(ctx, self.p.teacher_layer), eps)
+                p_t = pkt_conditional(teacher_feature(ctx, self.p.teacher_layer), eps)
             p_s = pkt_conditional(s_raw, eps)
             return {"loss": (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()}

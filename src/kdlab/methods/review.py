@@ -93,17 +93,22 @@ class ReviewKDParams(TermParams):
     # --kd-loss-weight default 1.0 [CIFAR-100/train.py; mdistiller REVIEWKD_WEIGHT]; the official script
     # uses per-pair values: 5.0 for resnet32x4→resnet8x4 and the wrn pairs, 0.6 resnet56→resnet20, 8.0 shufflev2
     # (set in recipes/methods/reviewkd_<teacher>-<student>.yaml).
-    weight: float = 1.0
+    weight: float = Field(1.0, description="multiplier of this term's loss in the objective")
     # --kd-warm-up 20 [CIFAR-100/train.py]: factor min(1, e/20); here e counts fractional epochs; 0 = off.
-    warmup_epochs: float = Field(20.0, ge=0)
+    warmup_epochs: float = Field(20.0, ge=0, description="linear warm-up min(1, epoch / warmup_epochs) (0: off)")
     # mid_channel = min(512, channels of the student's last level) [reviewkd.py] (64 for resnet20,
     # 256 for resnet8x4); null = that rule.
-    mid_channel: int | None = Field(None, ge=1)
+    mid_channel: int | None = Field(None, ge=1, description=(
+        "channels of the fusion modules; null: min(512, the student's last level)"))
     # levels shallow -> deep: the stage outputs (post-ReLU) and the pooled penultimate feature [reviewkd.py].
-    layers: list[str] = Field(default_factory=lambda: ["@stage1", "@stage2", "@stage3", "@penultimate"], min_length=1)
+    layers: list[str] = Field(
+        default_factory=lambda: ["@stage1", "@stage2", "@stage3", "@penultimate"], min_length=1,
+        description=(
+            "student levels, shallow to deep (stage outputs and the penultimate feature)"))
     # paired one to one with `layers`; null = the same taps with ``@stageK`` read pre-ReLU as ``@pre_stageK``
     # (the official script takes teacher features with ``preact=True``) [CIFAR-100/train.py].
-    teacher_layers: list[str] | None = None
+    teacher_layers: list[str] | None = Field(None, description=(
+        "teacher levels paired one to one; null: the same taps, stage ends pre-ReLU"))
 
     @model_validator(mode="after")
     def _pairs(self) -> "ReviewKDParams":

@@ -26,7 +26,8 @@ from kdlab.registry import VIEWS
 from kdlab.schema import Strict
 
 
-def _device(gen: torch.Generator | None) -> torch.device:
+def generator_device(gen: torch.Generator | None) -> torch.device:
+    """Where numbers drawn on ``gen`` live (the CPU for the global generator): every view draws there."""
     return gen.device if gen is not None else torch.device("cpu")
 
 
@@ -109,7 +110,7 @@ class Crop(View):
     def draw(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         d = _spatial_dims(x)
         hi = 2 * self.params.padding + 1
-        return torch.randint(0, hi, (len(x), d), generator=gen, device=_device(gen))
+        return torch.randint(0, hi, (len(x), d), generator=gen, device=generator_device(gen))
 
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         return random_crop(x, params, self.params.padding)
@@ -127,7 +128,7 @@ class Flip(View):
         p: float = Field(0.5, ge=0.0, le=1.0, description="probability that a sample is flipped")
 
     def draw(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        u = torch.rand(len(x), 1, generator=gen, device=_device(gen))
+        u = torch.rand(len(x), 1, generator=gen, device=generator_device(gen))
         return (u < self.params.p).long()
 
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

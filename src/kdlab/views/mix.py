@@ -34,6 +34,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from kdlab.registry import VIEWS
+from kdlab.teachers.base import TeacherOutput
+from kdlab.views.basic import generator_device
 from kdlab.views.extra import ExtraParams, ExtraView, ViewBatch, ViewInput
 
 _WANG = "Wang et al., Knowledge Distillation Thrives on Data Augmentation, arXiv 2012.02909 / NeurIPS 2022"
@@ -45,10 +47,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def _gen_device(gen: torch.Generator | None) -> torch.device:
-    return gen.device if gen is not None else torch.device("cpu")
-
-
 def derangement(n: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """A uniformly random derangement of ``range(n)`` (a permutation with no fixed point), int64 on ``gen``'s
     device, drawn by rejection (``randperm`` until no ``π[i] == i``; e ≈ 2.72 draws expected).
@@ -56,7 +54,7 @@ def derangement(n: int, gen: torch.Generator | None = None) -> torch.Tensor:
     ``n <= 1`` has no derangement: the identity (``[0]`` or empty) is returned and callers treat it as
     "no partner" (mixup/CutMix return the batch unchanged).
     """
-    dev = _gen_device(gen)
+    dev = generator_device(gen)
     if n <= 1:
         return torch.arange(n, device=dev)
     ar = torch.arange(n, device=dev)
@@ -70,8 +68,8 @@ def derangement(n: int, gen: torch.Generator | None = None) -> torch.Tensor:
 def beta(alpha: float, n: int, gen: torch.Generator | None) -> torch.Tensor:
     """``n`` draws of Beta(alpha, alpha) (float64, CPU). ``alpha == 1`` is the uniform law, drawn directly."""
     if alpha == 1.0:
-        return torch.rand(n, generator=gen, device=_gen_device(gen), dtype=torch.float64).cpu()
-    seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=_gen_device(gen)).item())
+        return torch.rand(n, generator=gen, device=generator_device(gen), dtype=torch.float64).cpu()
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=generator_device(gen)).item())
     return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, size=n))
 
 
@@ -94,7 +92,7 @@ def rand_box(spatial: Sequence[int], sides: torch.Tensor, gen: torch.Generator |
     this immaterial.)
     """
     n, d = sides.shape
-    dev = _gen_device(gen)
+    dev = generator_device(gen)
     sizes = torch.tensor(list(spatial), dtype=torch.long)
     u = torch.rand(n, d, generator=gen, device=dev, dtype=torch.float64).cpu()
     centre = torch.minimum((u * sizes).long(), sizes - 1)
@@ -165,14 +163,15 @@ def kl_rows(t_logits: torch.Tensor, s_logits: torch.Tensor, tau: float) -> torch
 
 # ------------------------------------------------------------------------------------------------------ views
 class MixParams(ExtraParams):
-    alpha: float = Field(1.0, gt=0)  # Beta(alpha, alpha); 1.0 in the authors' code (= uniform λ)
-    lam: Literal["batch", "sample"] = "batch"  # one λ per batch (the papers) or one per sample
+    alpha: float = Field(1.0, gt=0, description="Beta(alpha, alpha) of the mixing ratio λ (1: uniform)")
+    lam: Literal["batch", "sample"] = Field("batch", description="one λ per batch (the papers) or one per sample")
 
 
 class MixupParams(MixParams):
     # permutation: torch.randperm as the authors' mixup (and Zhang et al.'s code) - a sample can be its own
     # partner (~1 in B stays clean); derangement: never (our earlier default, kept as an option)
-    partner: Literal["permutation", "derangement"] = "permutation"
+    partner: Literal["permutation", "derangement"] = Field("permutation", description=(
+        "permutation: a random permutation (a sample may be its own partner, the authors'); derangement: never"))
 
 
 @VIEWS.register("mixup", description="mixup x' = λx + (1−λ)x[π], π a random permutation (TLmixup) or derangement",
@@ -195,7 +194,7 @@ class Mixup(ExtraView):
         if self.p.partner == "derangement":
             perm = derangement(n, inp.gen).to(x.device)
         else:
-            perm = torch.randperm(n, generator=inp.gen, device=_gen_device(inp.gen)).to(x.device)
+            perm = torch.randperm(n, generator=inp.gen, device=generator_device(inp.gen)).to(x.device)
         w = lam.to(x.dtype).reshape(n, *([1] * (x.dim() - 1)))
         out = w * x + (1 - w) * x[perm]
         return ViewBatch(x=out, idx=inp.idx, y=inp.y, y_mix=(inp.y, inp.y[perm.to(inp.y.device)], lam),
@@ -221,11 +220,13 @@ class CutMix(ExtraView):
 class CutoutParams(ExtraParams):
     # side of the square (segment) in pixels, or as a share of each spatial side; neither → ratio 0.25
     # (DeVries & Taylor: 16 px on CIFAR-10 = 0.5, 8 px on CIFAR-100 = 0.25, 20 px on SVHN)
-    size: int | None = Field(None, ge=1)
-    ratio: float | None = Field(None, gt=0, le=1)
+    size: int | None = Field(None, ge=1, description="side of the square hole in pixels")
+    ratio: float | None = Field(None, gt=0, le=1, description=(
+        "side of the hole as a share of each spatial side (neither size nor ratio: 0.25)"))
     # batch: one hole (one centre) for the whole batch, as the authors' KD+Cutout and T. stddev rows (Wang et al.)
     # were produced; sample: one hole per sample, as DeVries & Taylor's Cutout (a per-image transform)
-    per: Literal["batch", "sample"] = "batch"
+    per: Literal["batch", "sample"] = Field("batch", description=(
+        "batch: one hole for the whole batch (Wang et al.'s rows); sample: one per sample (DeVries & Taylor)"))
 
     @model_validator(mode="after")
     def _one_of(self) -> "CutoutParams":
@@ -264,13 +265,16 @@ class Cutout(ExtraView):
 
 
 class PickParams(MixParams):
-    m: int = Field(2, ge=1)  # pool = m independent CutMix draws of the batch (authors' scripts: 2)
-    k: int | None = Field(None, ge=1)  # candidates kept; None → the batch size (authors: n_pick = 64 = B)
+    m: int = Field(2, ge=1, description="pool size: m independent CutMix draws of the batch")
+    # candidates kept; None → the batch size (authors: n_pick = 64 = B)
+    k: int | None = Field(None, ge=1, description="candidates kept from the pool; null: the batch size")
     # NeurIPS22 CutMixPick: teacher entropy; ICLR22 "pick": KL(T‖S) at τ=4; random: same pool, random keep
-    criterion: Literal["teacher_entropy", "student_entropy", "kl", "random"] = "teacher_entropy"
-    tau_kl: float = Field(4.0, gt=0)
+    criterion: Literal["teacher_entropy", "student_entropy", "kl", "random"] = Field("teacher_entropy", description=(
+        "how candidates are scored: teacher_entropy, student_entropy, kl (T‖S at tau_kl) or random"))
+    tau_kl: float = Field(4.0, gt=0, description="temperature of the kl criterion")
     # eval: score the student with frozen BN statistics; train: as the authors' code (updates BN running stats)
-    student_mode: Literal["eval", "train"] = "eval"
+    student_mode: Literal["eval", "train"] = Field("eval", description=(
+        "eval: score the student with frozen BN statistics; train: as the authors' code"))
 
 
 @VIEWS.register("cutmix_pick",
@@ -347,14 +351,12 @@ class CutMixPick(ExtraView):
             assert t_out is not None
             scores = kl_rows(t_out.logits, self._student_logits(inp.student, pool.x), self.p.tau_kl)
         else:  # drawn after the pool, so a seeded generator gives the same pool for every criterion
-            scores = torch.rand(size, generator=inp.gen, device=_gen_device(inp.gen), dtype=torch.float64).float()
+            scores = torch.rand(size, generator=inp.gen, device=generator_device(inp.gen), dtype=torch.float64).float()
         scores = scores.detach().float().cpu()
         keep = torch.topk(scores, k, sorted=False).indices.sort().values
         kd = keep.to(pool.x.device)
         teacher = None
         if t_out is not None:
-            from kdlab.teacher import TeacherOutput
-
             feats = {name: (v[kd.to(v.device)] if v.dim() and v.shape[0] == size else v)
                      for name, v in t_out.feats.items()}
             teacher = TeacherOutput(t_out.logits[kd.to(t_out.logits.device)], feats)
