@@ -34,8 +34,10 @@ def test_recipe_fields_reach_nested_blocks_once():
 
 
 def test_every_method_and_view_parameter_has_a_description():
-    missing = [f"{kind}: {e.name}.{n}" for kind in ("methods", "views") for e in REGISTRIES[kind].entries()
-               if params_model(e.obj) is not None for n, _, desc in fields(params_model(e.obj)) if not desc]
+    builtin = [(kind, e) for kind in ("methods", "views") for e in REGISTRIES[kind].entries()
+               if e.obj.__module__.startswith("kdlab.")]  # other tests register their own entries here
+    missing = [f"{kind}: {e.name}.{n}" for kind, e in builtin if params_model(e.obj) is not None
+               for n, _, desc in fields(params_model(e.obj)) if not desc]
     assert not missing, f"parameters without Field(description=...): {missing}"
 
 
