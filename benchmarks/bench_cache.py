@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from plain_kd import plain_kd_rate
 
 PAIRS = {"resnet56-resnet20": ("resnet56", "resnet20"), "resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4")}
 CLASSES, SHAPE, BATCH = 100, (3, 32, 32), 64
@@ -81,37 +81,8 @@ def kdlab_epoch(out: Path, teacher: str, student: str, arm: str, n: int, k: int)
 
 
 def plain_epoch(teacher_name: str, student_name: str, n: int) -> float:
-    """RepDistiller's train_distill, reduced to what a KD step costs (no DataLoader: the same in-memory data)."""
-    from kdlab.models import build_model
-    from kdlab.views.basic import CropFlip, normalize
-
-    torch.manual_seed(0)
-    teacher = build_model(teacher_name, num_classes=CLASSES, input_shape=SHAPE).eval()
-    student = build_model(student_name, num_classes=CLASSES, input_shape=SHAPE).train()
-    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    g = torch.Generator().manual_seed(0)
-    x_all, y_all = torch.rand(n, *SHAPE, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
-    aug, mean, std = CropFlip(), torch.tensor((0.5,) * 3), torch.tensor((0.25,) * 3)
-    tau, times = 4.0, []
-    for _epoch in range(2):
-        t0 = time.perf_counter()
-        order = torch.randperm(n, generator=g)
-        losses = []
-        for i in range(0, n, BATCH):
-            idx = order[i:i + BATCH]
-            x = normalize(aug(x_all[idx], g), mean, std)
-            y = y_all[idx]
-            with torch.no_grad():
-                t_logits = teacher(x)
-            s_logits = student(x)
-            kl = F.kl_div(F.log_softmax(s_logits / tau, 1), F.softmax(t_logits / tau, 1), reduction="batchmean")
-            loss = 0.1 * F.cross_entropy(s_logits, y) + 0.9 * kl * tau * tau
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        times.append(time.perf_counter() - t0)
-    return times[-1]
+    """Seconds of one epoch of the plain RepDistiller-style KD loop (plain_kd.py) on the same shapes."""
+    return n / plain_kd_rate("cpu", n, BATCH, teacher_name, student_name)
 
 
 def build_rate(teacher_name: str, images: int) -> float:

@@ -35,9 +35,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from plain_kd import plain_kd_rate  # noqa: E402  (the one baseline loop, shared with bench_cache.py)
+
 PAIRS = {"resnet56-resnet20": ("resnet56", "resnet20"), "resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4")}
 CLASSES, SHAPE = 10, (3, 32, 32)
 T0 = time.monotonic()
@@ -107,51 +109,6 @@ def kdlab_rate(out: Path, device: str, data: str, n: int, batch: int, teacher: s
     return n / json.loads(lines[-1])["time/train_s"]
 
 
-def plain_rate(device: str, n: int, batch: int, teacher_name: str, student_name: str) -> float:
-    """RepDistiller's ``train_distill`` reduced to the step (same in-memory batches): images/s of epoch 2."""
-    from kdlab.models import build_model
-    from kdlab.views.basic import CropFlip, normalize
-
-    dev = torch.device(device)
-    torch.manual_seed(0)
-    teacher = build_model(teacher_name, num_classes=CLASSES, input_shape=SHAPE).to(dev).eval()
-    student = build_model(student_name, num_classes=CLASSES, input_shape=SHAPE).to(dev).train()
-    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    g = torch.Generator(dev).manual_seed(0)
-    x_all = torch.rand(n, *SHAPE, generator=g, device=dev)
-    y_all = torch.randint(0, CLASSES, (n,), generator=g, device=dev)
-    aug = CropFlip()
-    mean, std = torch.tensor((0.5,) * 3, device=dev), torch.tensor((0.25,) * 3, device=dev)
-    tau, rate = 4.0, 0.0
-    for _epoch in range(2):
-        _sync(dev)
-        t0 = time.perf_counter()
-        order = torch.randperm(n, generator=g, device=dev)
-        losses, top1 = [], []
-        for i in range(0, n - batch + 1, batch):
-            idx = order[i:i + batch]
-            x = normalize(aug(x_all[idx], g), mean, std)
-            y = y_all[idx]
-            with torch.no_grad():
-                t_logits = teacher(x)
-            s_logits = student(x)
-            kl = F.kl_div(F.log_softmax(s_logits / tau, 1), F.softmax(t_logits / tau, 1), reduction="batchmean")
-            loss = 0.1 * F.cross_entropy(s_logits, y) + 0.9 * kl * tau * tau
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())  # AverageMeter.update(loss.item(), ...)
-            top1.append((s_logits.argmax(1) == y).float().mean().item())  # accuracy(output, target)
-        _sync(dev)
-        rate = (n // batch) * batch / (time.perf_counter() - t0)
-    return rate
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 class Throughput:
     """Images/s per (pair, batch) and arm; the table is rewritten to ``throughput.md`` after every row, so a
     run stopped by its time limit still leaves what it measured."""
@@ -181,7 +138,7 @@ class Throughput:
                         log(f"{pair} b{batch} {key}: skipped (time budget)")
                         continue
                     try:
-                        r[key] = (plain_rate(args.device, n, batch, teacher, student) if arm == "plain" else
+                        r[key] = (plain_kd_rate(args.device, n, batch, teacher, student, CLASSES) if arm == "plain" else
                                   kdlab_rate(self.tmp / "tp", args.device, data, n, batch, teacher, student, arm,
                                              compiled))
                     except Exception as e:  # noqa: BLE001 - one failed arm must not lose the table
