@@ -36,23 +36,29 @@ import torch
 from torch import nn
 
 from kdlab.capture import Capture
+from kdlab.data import make_loader
 from kdlab.engine import distributed as dist
 from kdlab.engine.batch import make_pipeline
-from kdlab.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
+from kdlab.engine.checkpoint import (
+    load_state,
+    rng_state,
+    save_state,
+    save_weights,
+    set_rng_state,
+)
 from kdlab.engine.devices import AUTOCAST, precision_for, teacher_autocast
 from kdlab.engine.evaluate import Evaluator
-from kdlab.engine.objectives import build_objectives, carry_over
 from kdlab.engine.logger import RunLogger
-from kdlab.engine.progress import epoch_bar, epoch_line
+from kdlab.engine.objectives import build_objectives, carry_over
 from kdlab.engine.optim import build_optimizer, lr_factor
+from kdlab.engine.progress import epoch_bar, epoch_line
 from kdlab.engine.stages import Stage, epoch_seed, plan_stages, reseed
 from kdlab.engine.step import Clock, ExtraViews, StepModule, distill_step
 from kdlab.engine.tally import DeviceSums
 from kdlab.errors import KDLabError
 from kdlab.methods.base import FitData
 from kdlab.recipe import CompileSpec, Recipe
-
-CHECKPOINT = "checkpoint.safetensors"
+from kdlab.runfiles import BEST_WEIGHTS, CHECKPOINT, FINAL_WEIGHTS
 
 
 @dataclass
@@ -165,8 +171,6 @@ class Trainer:
     def _loader(self, split: Any, shuffle: bool = False, shard: bool = False) -> Any:
         """Training order (shuffled, the recipe's batch size) or evaluation order (in order, eval batch size).
         ``shard``: this rank's part of every epoch's order (data-parallel training; all of it in one process)."""
-        from kdlab.data import make_loader
-
         d = self.recipe.data
         extra = {"rank": dist.rank(), "world": dist.world()} if shard and dist.world() > 1 else {}
         return make_loader(split, batch_size=d.batch_size if shuffle else d.eval_batch_size, shuffle=shuffle,
@@ -380,7 +384,7 @@ class Trainer:
             key = self.select_by
             if key in record and record[key] > self.best.get(key, -1.0):
                 self.best = {**self.last, "selected_by": key}
-                save_weights(self.run_dir / "best.safetensors", self.rank0_students[0].state_dict())
+                save_weights(self.run_dir / BEST_WEIGHTS, self.rank0_students[0].state_dict())
         record["time/epoch_s"] = record["time/train_s"] + time.perf_counter() - t0
         self.wall_s += record["time/epoch_s"]
         self.logger.log(record)
@@ -395,7 +399,7 @@ class Trainer:
                 "rng": rng_state(), "best": self.best, "last": self.last, "wall_s": self.wall_s,
             })
         if last_of_run:
-            save_weights(self.run_dir / "student.safetensors", self.rank0_students[0].state_dict())
+            save_weights(self.run_dir / FINAL_WEIGHTS, self.rank0_students[0].state_dict())
             for k in range(1, len(self.students)):
                 save_weights(self.run_dir / f"cohort{k}.safetensors", self.rank0_students[k].state_dict())
         dist.barrier()
