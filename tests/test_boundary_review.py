@@ -32,8 +32,8 @@ def tiny_net(classes=5, seed=0, hidden=32):
 def bss_ctx(x, y, student, teacher, epoch=0, epochs=4, s_logits=None):
     t_out = teacher(x)
     s = student(x) if s_logits is None else s_logits
-    return StepContext(x=x, y=y, idx=torch.arange(len(y)), s_logits=s, s_feats={}, teachers=[t_out],
-                       student=student, teacher_models=[teacher], epoch=epoch, epochs=epochs)
+    return StepContext(x=x, y=y, idx=torch.arange(len(y)), s_logits=s, s_feats={}, teacher_outputs=[t_out],
+                       student=student, live_teachers=[teacher], epoch=epoch, epochs=epochs)
 
 
 def soft_ce_reference(s, t, tau):
@@ -64,7 +64,7 @@ def test_bss_schedules_match_the_formulas(f, lam_bss, lam_kd):
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
     ctx = StepContext(x=torch.zeros(6, 1), y=torch.zeros(6, dtype=torch.long), idx=torch.arange(6), s_logits=s,
-                      s_feats={}, teachers=[TeacherOutput(t)], epoch=int(f * E), epochs=E)
+                      s_feats={}, teacher_outputs=[TeacherOutput(t)], epoch=int(f * E), epochs=E)
     assert ctx.progress == pytest.approx(f)
     got = BSSKD()(ctx)["loss"].item()
     assert got == pytest.approx(lam_kd * soft_ce_reference(s, t, 3.0), rel=1e-5)
@@ -198,7 +198,7 @@ def test_bss_finite_in_low_precision(dtype):
     s = (torch.randn(8, 5) * 300).to(dtype).requires_grad_()
     t = (torch.randn(8, 5) * 300).to(dtype)
     ctx = StepContext(x=torch.zeros(8, 1), y=t.float().argmax(-1), idx=torch.arange(8), s_logits=s, s_feats={},
-                      teachers=[TeacherOutput(t)])
+                      teacher_outputs=[TeacherOutput(t)])
     kd = BSSKD()(ctx)["loss"]
     kd.backward()
     assert torch.isfinite(kd) and torch.isfinite(s.grad).all()
@@ -230,7 +230,7 @@ def test_bss_two_classes_and_batch_of_one():
     # identical logits everywhere: the clean KD term is the teacher's entropy, finite
     flat = torch.zeros(3, 2)
     ctx = StepContext(x=torch.zeros(3, 1), y=torch.zeros(3, dtype=torch.long), idx=torch.arange(3), s_logits=flat,
-                      s_feats={}, teachers=[TeacherOutput(flat)])
+                      s_feats={}, teacher_outputs=[TeacherOutput(flat)])
     assert BSSKD()(ctx)["loss"].item() == pytest.approx(4 * math.log(2), rel=1e-6)
 
 
@@ -239,7 +239,7 @@ def test_bss_is_free_after_its_schedule_ends_and_needs_the_models():
     x = torch.randn(8, 1, 4, 4)
     y = teacher(x).logits.argmax(-1)
     ctx = bss_ctx(x, y, student, teacher, epoch=3, epochs=4)  # 75%: λ_BSS = 0, no attack is run
-    ctx.teacher_models = []
+    ctx.live_teachers = []
     assert BSS()(ctx)["loss"].item() == 0.0
     ctx.epoch = 0
     with pytest.raises(KDLabError, match="teacher model"):
@@ -300,7 +300,7 @@ def review_ctx(n=4, dtype=torch.float32, zero=False, seed=0, epoch=0):
     s_feats = {k: mk(v).to(dtype).requires_grad_() for k, v in S_SHAPES.items() if k != "logits"}
     t_feats = {k: mk(v).to(dtype) for k, v in T_SHAPES.items() if k != "logits"}
     return StepContext(x=torch.zeros(n, 1), y=torch.zeros(n, dtype=torch.long), idx=torch.arange(n),
-                       s_logits=torch.zeros(n, 5), s_feats=s_feats, teachers=[TeacherOutput(torch.zeros(n, 5), t_feats)],
+                       s_logits=torch.zeros(n, 5), s_feats=s_feats, teacher_outputs=[TeacherOutput(torch.zeros(n, 5), t_feats)],
                        epoch=epoch, epochs=40)
 
 
@@ -349,7 +349,7 @@ def test_review_gradients_reach_student_and_abfs_not_teacher():
     for p in teacher_model.parameters():
         p.requires_grad_(False)
     ctx = review_ctx()
-    ctx.teacher_models = [Teacher(teacher_model)]
+    ctx.live_teachers = [Teacher(teacher_model)]
     term(ctx)["loss"].backward()
     for k, v in ctx.s_feats.items():
         assert v.grad is not None and v.grad.abs().sum() > 0, k

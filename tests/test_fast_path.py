@@ -57,7 +57,7 @@ def test_find_unused_is_decided_per_stage(monkeypatch, trainable, views, connect
     monkeypatch.setattr(dist, "world", lambda: 2)
     monkeypatch.setattr(dist, "wrap", lambda module, device, find_unused: seen.setdefault("fu", find_unused))
     objectives = nn.ModuleList([nn.Linear(2, 2) if connector else nn.Identity()])
-    fake = SimpleNamespace(fsdp=False, extra_views=views, students=nn.ModuleList([nn.Linear(2, 2)]),
+    fake = SimpleNamespace(fsdp=False, views=views, students=nn.ModuleList([nn.Linear(2, 2)]),
                            device=torch.device("cpu"), recipe=SimpleNamespace(train=SimpleNamespace(find_unused=forced)))
     stage = Stage("main", {}, None, None, trainable)
     Trainer._step_module(fake, stage, objectives)

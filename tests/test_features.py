@@ -98,7 +98,7 @@ def feats(shapes, batch, gen, dtype=torch.float32, scale=1.0, zero=False):
 def context(s_feats, t_feats, batch=4):
     return StepContext(x=torch.zeros(batch, 3, 8, 8), y=torch.zeros(batch, dtype=torch.long),
                        idx=torch.arange(batch), s_logits=torch.zeros(batch, 5), s_feats=s_feats,
-                       teachers=[TeacherOutput(torch.zeros(batch, 5), t_feats)])
+                       teacher_outputs=[TeacherOutput(torch.zeros(batch, 5), t_feats)])
 
 
 def avgpool(x, k):

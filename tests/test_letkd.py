@@ -107,7 +107,7 @@ def test_gradients_reach_every_layer_parameter_and_not_the_teacher():
     term.centres.copy_(torch.randn(32, 64))
     t_logits = teacher(x)
     ctx = StepContext(x=x, y=y, idx=torch.arange(8), s_logits=model(x), s_feats=s_cap.pop(),
-                      teachers=[TeacherOutput(t_logits, t_cap.pop())])
+                      teacher_outputs=[TeacherOutput(t_logits, t_cap.pop())])
     loss = F.cross_entropy(ctx.s_logits, y) + term(ctx)["loss"]
     loss.backward()
     layer = model.layer3.layer
@@ -118,7 +118,7 @@ def test_gradients_reach_every_layer_parameter_and_not_the_teacher():
     # the KL alone reaches only the scores (W1, s1) and the student below the layer
     model.zero_grad(set_to_none=True)
     model(x)
-    term(StepContext(x=x, y=y, idx=torch.arange(8), s_logits=t_logits, s_feats=s_cap.pop(), teachers=ctx.teachers)
+    term(StepContext(x=x, y=y, idx=torch.arange(8), s_logits=t_logits, s_feats=s_cap.pop(), teacher_outputs=ctx.teacher_outputs)
          )["loss"].backward()
     assert layer.scores.weight.grad.abs().sum() > 0 and layer.value.weight.grad is None
     assert model.layer3.inner[0].conv2.weight.grad.abs().sum() > 0 and model.fc.weight.grad is None
@@ -241,7 +241,7 @@ def test_penultimate_kl_equals_the_formula_with_2x2_teacher_pooling():
     a, f = torch.randn(2, 5, 2, 2), torch.randn(2, 3, 4, 4)
     ctx = StepContext(x=a, y=torch.zeros(2, dtype=torch.long), idx=torch.arange(2), s_logits=a,
                       s_feats={"s.layer.scores": a},
-                      teachers=[TeacherOutput(None, {"t": f})])
+                      teacher_outputs=[TeacherOutput(None, {"t": f})])
     got = float(term(ctx)["loss"])
     kls = []
     for b in range(2):
@@ -268,7 +268,7 @@ def test_intermediate_kl_uses_the_label_masked_nearest_centre_row_of_s_T():
         getattr(term, k).copy_(v)
     a, f, y = torch.randn(3, 6, 2, 2), torch.randn(3, 4, 2, 2), torch.tensor([0, 2, 1])
     ctx = StepContext(x=a, y=y, idx=torch.arange(3), s_logits=a, s_feats={"s.layer.scores": a},
-                      teachers=[TeacherOutput(None, {"t": f})])
+                      teacher_outputs=[TeacherOutput(None, {"t": f})])
     got = float(term(ctx)["loss"])
     kls = []
     for b in range(3):

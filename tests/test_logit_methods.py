@@ -104,14 +104,14 @@ def ref_mlkd(s, t, temps):
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def ctx_for(s, t=None, y=None, *, teachers=None, peers=None, epoch=0):
+def ctx_for(s, t=None, y=None, *, teacher_outputs=None, peer_logits=None, epoch=0):
     n = s.shape[0]
     y = torch.zeros(n, dtype=torch.long) if y is None else y
-    if teachers is None:
-        teachers = [TeacherOutput(t)] if t is not None else []
+    if teacher_outputs is None:
+        teacher_outputs = [TeacherOutput(t)] if t is not None else []
     return StepContext(x=torch.zeros(n, 1), y=y, idx=torch.arange(n), s_logits=s, s_feats={},
-                       teachers=[TeacherOutput(x) if isinstance(x, torch.Tensor) else x for x in teachers],
-                       peers=list(peers or []), epoch=epoch, epochs=240)
+                       teacher_outputs=[TeacherOutput(x) if isinstance(x, torch.Tensor) else x for x in teacher_outputs],
+                       peer_logits=list(peer_logits or []), epoch=epoch, epochs=240)
 
 
 def logits(batch, classes, seed, scale=3.0):
@@ -367,7 +367,7 @@ def test_standardize_constant_logits_are_finite():
 def test_mtkd_mean_probs_matches_reference():
     s, t1, t2, t3 = (logits(6, 8, k) for k in (21, 22, 23, 24))
     tau = 4.0
-    out = MultiTeacherKD(MultiTeacherKD.Params(weights=[1.0, 2.0, 1.0]))(ctx_for(s, teachers=[t1, t2, t3]))
+    out = MultiTeacherKD(MultiTeacherKD.Params(weights=[1.0, 2.0, 1.0]))(ctx_for(s, teacher_outputs=[t1, t2, t3]))
     want = 0.0
     for si, a, b, c in zip(rows(s), rows(t1), rows(t2), rows(t3)):
         pa, pb, pc = softmax(a, tau), softmax(b, tau), softmax(c, tau)
@@ -378,20 +378,20 @@ def test_mtkd_mean_probs_matches_reference():
 
 def test_mtkd_sum_kd_matches_reference_and_one_teacher_is_kd():
     s, t1, t2 = (logits(5, 6, k) for k in (25, 26, 27))
-    out = MultiTeacherKD(MultiTeacherKD.Params(reduce="sum_kd", weights=[0.3, 0.7]))(ctx_for(s, teachers=[t1, t2]))
+    out = MultiTeacherKD(MultiTeacherKD.Params(reduce="sum_kd", weights=[0.3, 0.7]))(ctx_for(s, teacher_outputs=[t1, t2]))
     assert set(out) == {"teacher0", "teacher1"}
     assert out["teacher0"].item() == pytest.approx(0.3 * ref_kd(s, t1, 4.0), rel=1e-5)
     assert out["teacher1"].item() == pytest.approx(0.7 * ref_kd(s, t2, 4.0), rel=1e-5)
-    one = MultiTeacherKD()(ctx_for(s, teachers=[t1]))["loss"].item()
+    one = MultiTeacherKD()(ctx_for(s, teacher_outputs=[t1]))["loss"].item()
     assert one == pytest.approx(ref_kd(s, t1, 4.0), rel=1e-5)
-    same = MultiTeacherKD()(ctx_for(s, teachers=[s.clone(), s.clone()]))["loss"].item()
+    same = MultiTeacherKD()(ctx_for(s, teacher_outputs=[s.clone(), s.clone()]))["loss"].item()
     assert same == pytest.approx(0.0, abs=1e-6)
 
 
 def test_mtkd_wrong_number_of_weights_is_a_clear_error():
     s = logits(2, 3, 28)
     with pytest.raises(KDLabError, match="one weight per teacher"):
-        MultiTeacherKD(MultiTeacherKD.Params(weights=[1.0]))(ctx_for(s, teachers=[s, s]))
+        MultiTeacherKD(MultiTeacherKD.Params(weights=[1.0]))(ctx_for(s, teacher_outputs=[s, s]))
     with pytest.raises(ValueError):
         MultiTeacherKD.Params(weights=[-1.0, 2.0])
 
@@ -403,7 +403,7 @@ def test_dml_matches_reference_and_peers_get_no_gradient():
     s = logits(6, 5, 29).requires_grad_()
     p1 = logits(6, 5, 30).requires_grad_()  # even a peer that still tracks gradients gets none
     p2 = logits(6, 5, 31).requires_grad_()
-    loss = DeepMutualLearning()(ctx_for(s, peers=[p1, p2]))["loss"]
+    loss = DeepMutualLearning()(ctx_for(s, peer_logits=[p1, p2]))["loss"]
     want = (ref_kd(s.detach(), p1.detach(), 1.0) + ref_kd(s.detach(), p2.detach(), 1.0)) / 2
     assert loss.item() == pytest.approx(want, rel=1e-5)
     loss.backward()
@@ -415,7 +415,7 @@ def test_dml_without_peers_is_a_clear_error_and_identical_is_zero():
     s = logits(3, 4, 32)
     with pytest.raises(KDLabError, match="cohort"):
         DeepMutualLearning()(ctx_for(s))
-    assert DeepMutualLearning()(ctx_for(s, peers=[s.clone()]))["loss"].item() == pytest.approx(0.0, abs=1e-7)
+    assert DeepMutualLearning()(ctx_for(s, peer_logits=[s.clone()]))["loss"].item() == pytest.approx(0.0, abs=1e-7)
 
 
 # ------------------------------------------------------------------------------------------ common properties
@@ -427,7 +427,7 @@ def test_gradient_reaches_student_not_teacher(make):
     t = logits(6, 7, 34)
     t2 = logits(6, 7, 35)
     term = make()
-    ctx = ctx_for(s, teachers=[t, t2]) if isinstance(term, MultiTeacherKD) else ctx_for(s, t, torch.arange(6) % 7)
+    ctx = ctx_for(s, teacher_outputs=[t, t2]) if isinstance(term, MultiTeacherKD) else ctx_for(s, t, torch.arange(6) % 7)
     total(term(ctx)).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0 and torch.isfinite(s.grad).all()
     assert not t.requires_grad and t.grad is None
@@ -440,9 +440,9 @@ def test_finite_in_low_precision(make, dtype):
     t = (logits(8, 100, 37) * 10).to(dtype)
     term = make()
     if isinstance(term, DeepMutualLearning):
-        ctx = ctx_for(s, peers=[t])
+        ctx = ctx_for(s, peer_logits=[t])
     elif isinstance(term, MultiTeacherKD):
-        ctx = ctx_for(s, teachers=[t, t * 0.5])
+        ctx = ctx_for(s, teacher_outputs=[t, t * 0.5])
     else:
         ctx = ctx_for(s, t, torch.arange(8))
     out = term(ctx)
@@ -458,12 +458,12 @@ def test_edge_shapes_and_identical_and_zero_logits_are_finite(make, batch, class
     for s, t in [(logits(batch, classes, 38), logits(batch, classes, 39)),
                  (torch.zeros(batch, classes), torch.zeros(batch, classes))]:
         s = s.clone().requires_grad_()
-        ctx = ctx_for(s, teachers=[t, t]) if isinstance(term, MultiTeacherKD) else ctx_for(s, t, y)
+        ctx = ctx_for(s, teacher_outputs=[t, t]) if isinstance(term, MultiTeacherKD) else ctx_for(s, t, y)
         out = term(ctx)
         total(out).backward()
         assert all(torch.isfinite(v) for v in out.values()) and torch.isfinite(s.grad).all()
     s = logits(batch, classes, 40)
-    ctx = ctx_for(s, teachers=[s.clone()]) if isinstance(term, MultiTeacherKD) else ctx_for(s, s.clone(), y)
+    ctx = ctx_for(s, teacher_outputs=[s.clone()]) if isinstance(term, MultiTeacherKD) else ctx_for(s, s.clone(), y)
     out = term(ctx)
     if not isinstance(term, DIST):  # DIST: a constant row (2 classes at batch 1 etc.) has correlation 0
         assert total(out).item() == pytest.approx(0.0, abs=1e-5)

@@ -25,7 +25,7 @@ def ctx_for(s_feats, t_feats, y=None, idx=None):
     y = torch.zeros(b, dtype=torch.long) if y is None else y
     idx = torch.arange(b) if idx is None else idx
     return StepContext(x=torch.zeros(b, 1), y=y, idx=idx, s_logits=torch.zeros(b, 2), s_feats=s_feats,
-                       teachers=[TeacherOutput(torch.zeros(b, 2), t_feats)])
+                       teacher_outputs=[TeacherOutput(torch.zeros(b, 2), t_feats)])
 
 
 def info(n=50):

@@ -46,7 +46,7 @@ def test_registered_and_params():
         Crop.Params(padding=4, paddding=3)
     with pytest.raises(pydantic.ValidationError):
         Flip.Params(p=1.5)
-    assert Crop({"padding": 2}).params.padding == 2
+    assert Crop({"padding": 2}).p.padding == 2
 
 
 def test_crop_shape_and_padding_zero_identity():

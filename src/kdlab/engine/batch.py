@@ -58,15 +58,15 @@ class Pipeline:
 
     ``table``: a cache's K stored parameter rows per sample (N×K×k, *sampled* mode), or None."""
 
-    def __init__(self, views: list[Any], mean: torch.Tensor, std: torch.Tensor, sample_shape: tuple[int, ...],
+    def __init__(self, augment: list[Any], mean: torch.Tensor, std: torch.Tensor, sample_shape: tuple[int, ...],
                  memory_format: torch.memory_format | None = None):
-        self.views = list(views)
+        self.augment = list(augment)
         self.mean, self.std = mean, std
         self.sample_shape = tuple(sample_shape)
         self.memory_format = memory_format
         self.table: torch.Tensor | None = None
-        self.widths = [len(r) for r in (_radices(self.views, self.sample_shape) or [])]
-        cols = _radices(self.views, self.sample_shape)
+        self.widths = [len(r) for r in (_radices(self.augment, self.sample_shape) or [])]
+        cols = _radices(self.augment, self.sample_shape)
         self.radices: list[int] | None = None if cols is None else [r for c in cols for r in c]
 
     # ---------------------------------------------------------------------------------------------- view table
@@ -105,7 +105,7 @@ class Pipeline:
     def draw(self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(parameters N×k, view numbers N) for a raw batch. Without a table the views draw in recipe order
         (the same random numbers, in the same order, as applying them one after the other)."""
-        if not self.views:
+        if not self.augment:
             return None, (torch.zeros(len(x), dtype=torch.int64, device=x.device) if self.table is not None
                           or self.enumerable else None)
         if self.table is not None:
@@ -113,7 +113,7 @@ class Pipeline:
                               device=gen.device if gen is not None else torch.device("cpu"))
             rows = idx.to(self.table.device), k.to(self.table.device)
             return self.table[rows].to(x.device), k.to(x.device)
-        aug = torch.cat([v.draw(x, gen) for v in self.views], 1).to(x.device)
+        aug = torch.cat([v.draw(x, gen) for v in self.augment], 1).to(x.device)
         return aug, (self.encode(aug) if self.enumerable else None)
 
     def apply(self, x: torch.Tensor, aug: torch.Tensor | None) -> torch.Tensor:
@@ -121,7 +121,7 @@ class Pipeline:
         if aug is None:
             return x
         col = 0
-        for v, width in zip(self.views, self._widths(x, aug)):
+        for v, width in zip(self.augment, self._widths(x, aug)):
             x = v.apply(x, aug[:, col:col + width])
             col += width
         return x
@@ -129,7 +129,7 @@ class Pipeline:
     def _widths(self, x: torch.Tensor, aug: torch.Tensor) -> list[int]:
         if self.widths:
             return self.widths
-        return [v.draw(x[:1], None).shape[1] for v in self.views]  # non-enumerable views: ask one draw
+        return [v.draw(x[:1], None).shape[1] for v in self.augment]  # non-enumerable views: ask one draw
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise (floating inputs with a declared mean/std) and lay out for the model."""

@@ -60,7 +60,7 @@ def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5, student: str |
     quiet = recipe.model_copy(update={"train": recipe.train.model_copy(update={"tensorboard": False})})
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(quiet, tmp, ds, [student], [teacher], device)
-        scored = [name for name, view in tr.extra_views if getattr(view, "uses_student", False)]
+        scored = [name for name, view in tr.views if getattr(view, "uses_student", False)]
         if scored and weights is None:
             raise KDLabError(f"T. stddev: view {scored[0]!r} scores its candidates with the student; pass the trained "
                              "student with --student RUN_DIR_OR_WEIGHTS (a fresh student would pick by noise)")
@@ -73,7 +73,7 @@ def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5, student: str |
             for step, (x, y, idx) in enumerate(tr.train_loader.iter_epoch(epoch)):
                 x = tr.prepare(x, gen)
                 probs = {"clean": teacher(x).logits.softmax(1).cpu()}
-                for name, view in tr.extra_views:
+                for name, view in tr.views:
                     vb = view(ViewInput(x=x, y=y, idx=idx, gen=gen, teacher=teacher, student=student, lo=tr.lo,
                                         hi=tr.hi, epoch=epoch, step=step, data=tr.train_data))
                     out = vb.teacher if vb.teacher is not None else teacher(vb.x)

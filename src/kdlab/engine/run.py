@@ -40,9 +40,9 @@ from kdlab.engine.lock import folder_lock
 from kdlab.engine.trainer import Trainer, load_checkpoint
 from kdlab.errors import KDLabError
 from kdlab.preprocess import write_for_run
-from kdlab.recipe import ModelSpec, Recipe, TeacherSpec, load_recipe
+from kdlab.recipe import ModelSpec, Recipe, load_recipe
 from kdlab.runfiles import CHECKPOINT, ENV, RECIPE, SUMMARY
-from kdlab.teachers.load import build_teachers, load_teacher  # load_teacher: kdlab.engine.run.load_teacher stays
+from kdlab.teachers.load import build_teachers, load_teacher  # noqa: F401  (kdlab.engine.run.load_teacher stays a name)
 
 Existing = Literal["resume", "error", "overwrite", "skip"]
 

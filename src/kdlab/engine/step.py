@@ -113,10 +113,10 @@ def _step(batch: Batch, students: Sequence[nn.Module], objectives: Sequence[Obje
                 logits, feats = per_student[k][j]
                 ctx = StepContext(
                     x=inputs[j], y=y if vb is None else vb.y, idx=idx if vb is None else vb.idx,
-                    s_logits=logits, s_feats=feats, teachers=t_outs[j],
-                    peers=[per_student[o][j][0].detach() for o in range(len(students)) if o != k],
-                    student=students[k], teacher_models=live_models, view=name,
-                    labels=vb is None, y_mix=None if vb is None else vb.y_mix,
+                    s_logits=logits, s_feats=feats, teacher_outputs=t_outs[j],
+                    peer_logits=[per_student[o][j][0].detach() for o in range(len(students)) if o != k],
+                    student=students[k], live_teachers=live_models, view=name,
+                    y_is_target=vb is None, y_mix=None if vb is None else vb.y_mix,
                     epoch=clock.epoch, epochs=clock.epochs, step=clock.step, steps_per_epoch=clock.steps)
                 loss, parts = objectives[k](ctx, targets=targets)
                 total = total + weight * loss

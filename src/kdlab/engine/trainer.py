@@ -112,7 +112,7 @@ class Trainer:
                 self.pipeline.table = table.to(device)
         if tr.compile:
             self._compile(CompileSpec() if tr.compile is True else tr.compile)
-        self.extra_views = [(spec.name, spec.build()) for spec in recipe.views]
+        self.views = [(spec.name, spec.build()) for spec in recipe.views]
         # Valid inputs in normalised units (raw data lies in [0, 1] for images), for views that perturb inputs.
         shape = (1, -1) + (1,) * (len(dataset.input_shape) - 1)
         mean, std = self.pipeline.mean, self.pipeline.std
@@ -133,8 +133,8 @@ class Trainer:
         self.evaluator = Evaluator(self.eval_loader, self.val_loader, lambda x: self.pipeline.prepare(x.to(device)),
                                    self.teachers[0] if self.teachers else None, self.autocast)
         self.stages = plan_stages(recipe)
-        self.main = dist.is_main()  # rank 0 (always, in one process) evaluates and writes the run folder
-        self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard, recipe=recipe) if self.main else None
+        self.is_rank0 = dist.is_main()  # rank 0 (always, in one process) evaluates and writes the run folder
+        self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard, recipe=recipe) if self.is_rank0 else None
         self._prev_objectives: nn.ModuleList | None = None
         self.step_module: nn.Module | None = None  # the stage's DDP wrapper under torchrun
         self.best: dict[str, Any] = {}
@@ -164,7 +164,7 @@ class Trainer:
             return None
         find_unused = self.recipe.train.find_unused
         if find_unused is None:  # auto: a parameter may get no gradient in some step
-            find_unused = (stage.trainable is not None or bool(self.extra_views)
+            find_unused = (stage.trainable is not None or bool(self.views)
                            or any(p.requires_grad for p in objectives.parameters()))
         return dist.wrap(StepModule(self.students, objectives), self.device, find_unused=find_unused)
 
@@ -188,7 +188,7 @@ class Trainer:
         """One objective per student for the stage, checked against the teachers, set up and fitted."""
         fit = FitData(teacher_features=self.teacher_features, labels=self.ds.train.y.cpu(),
                       num_classes=self.ds.num_classes, seed=self.recipe.seed, run_dir=self.run_dir)
-        objectives = build_objectives(stage.objective, self.students, self.teachers, self.extra_views, self.ds,
+        objectives = build_objectives(stage.objective, self.students, self.teachers, self.views, self.ds,
                                       self.device, fit)
         if self._prev_objectives is not None:
             carry_over(self._prev_objectives, objectives)
@@ -255,12 +255,12 @@ class Trainer:
                 self.logger.truncate(global_epoch)
         offset = sum(s.epochs for s in self.stages[:start_stage])
         try:
-            for si in range(start_stage, len(self.stages)):
-                stage = self.stages[si]
+            for stage_index in range(start_stage, len(self.stages)):
+                stage = self.stages[stage_index]
                 objectives = self._build_objectives(stage)
                 params = self._trainable(stage) + [p for p in objectives.parameters() if p.requires_grad]
                 first = 0
-                resuming = resume is not None and si == start_stage
+                resuming = resume is not None and stage_index == start_stage
                 if resuming:
                     self._state_modules(objectives).load_state_dict(resume["modules"])
                     if self.scaler is not None and resume.get("scaler"):
@@ -280,8 +280,8 @@ class Trainer:
                         opt.load_state_dict(resume["optimizer"])
                 try:
                     for epoch in range(first, stage.epochs):
-                        record = self._train_epoch(stage, si, epoch, offset + epoch, objectives, captures, opt, ddp)
-                        self._after_epoch(stage, si, epoch, offset + epoch, record, objectives, opt)
+                        record = self._train_epoch(stage, stage_index, epoch, offset + epoch, objectives, captures, opt, ddp)
+                        self._after_epoch(stage, stage_index, epoch, offset + epoch, record, objectives, opt)
                 finally:
                     for c in captures:
                         c.remove()
@@ -291,10 +291,10 @@ class Trainer:
                 self.logger.close()
         return self.summary()
 
-    def _train_epoch(self, stage: Stage, si: int, epoch: int, g: int, objectives: nn.ModuleList,
+    def _train_epoch(self, stage: Stage, stage_index: int, epoch: int, global_epoch: int, objectives: nn.ModuleList,
                      captures: list[Capture], opt: torch.optim.Optimizer,
                      ddp: nn.Module | None = None) -> dict[str, Any]:
-        seed = epoch_seed(self.recipe.seed, g)
+        seed = epoch_seed(self.recipe.seed, global_epoch)
         reseed(seed)
         gen = torch.Generator(self.device).manual_seed(seed)  # augmentation drawn on the device: no copies
         self.students.train()
@@ -305,10 +305,10 @@ class Trainer:
         lr0 = stage.optim.lr
         seen0 = self._teacher_passes()
         params = [p for group in opt.param_groups for p in group["params"]]  # what the step updates
-        extra = ExtraViews(self.extra_views, gen, self.lo, self.hi, self.train_data)
+        extra = ExtraViews(self.views, gen, self.lo, self.hi, self.train_data)
         sync_every = self.recipe.train.sync_every or steps
         progress = self._progress(f"{self.recipe.name} [{stage.name}] epoch {epoch + 1}/{stage.epochs}", steps)
-        for step, (x, y, idx) in enumerate(self.train_loader.iter_epoch(g)):
+        for step, (x, y, idx) in enumerate(self.train_loader.iter_epoch(global_epoch)):
             factor = lr_factor(stage.schedule, epoch, step, steps)
             for group in opt.param_groups:
                 group["lr"] = lr0 * factor
@@ -340,7 +340,7 @@ class Trainer:
             progress.step(lambda: float(acc.sums["loss"]) / max(1, acc.count))  # read only when a bar shows it
             for cb in self.callbacks:
                 if hasattr(cb, "on_step_end"):
-                    cb.on_step_end(self, {"stage": si, "epoch": epoch, "step": step, "global_epoch": g})
+                    cb.on_step_end(self, {"stage": stage_index, "epoch": epoch, "step": step, "global_epoch": global_epoch})
         if progress is not None:
             progress.stop()
         sums, count = acc.read()
@@ -349,7 +349,7 @@ class Trainer:
             tot = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64,
                                                    device=self.device)).tolist()
             sums, count = dict(zip(keys, tot[:-1])), int(tot[-1])
-        record: dict[str, Any] = {"epoch": epoch + 1, "global_epoch": g + 1, "stage": stage.name,
+        record: dict[str, Any] = {"epoch": epoch + 1, "global_epoch": global_epoch + 1, "stage": stage.name,
                                   "lr": lr0 * lr_factor(stage.schedule, epoch, 0, steps)}
         record.update({(k if k.startswith("view/") else f"train/{k}"): v / max(1, count) for k, v in sums.items()})
         if self.teachers:  # live teacher samples per clean sample: 1 for plain KD, m + 1 for CutMixPick, 0 cached
@@ -357,7 +357,7 @@ class Trainer:
         record["time/train_s"] = time.perf_counter() - t0
         return record
 
-    def _after_epoch(self, stage: Stage, si: int, epoch: int, g: int, record: dict[str, Any],
+    def _after_epoch(self, stage: Stage, stage_index: int, epoch: int, global_epoch: int, record: dict[str, Any],
                      objectives: nn.ModuleList, opt: torch.optim.Optimizer) -> None:
         save_now = (epoch + 1) % self.recipe.train.checkpoint_every == 0 or epoch == stage.epochs - 1
         full: dict[str, Any] | None = None
@@ -366,21 +366,21 @@ class Trainer:
             if self.fsdp:  # every rank takes part in gathering the full state; rank 0 keeps it
                 model, optim = dist.full_state(self._state_modules(objectives), opt if save_now else None)
                 full = {"modules": model, "optimizer": optim}
-                if self.main:
+                if self.is_rank0:
                     self.rank0_students.load_state_dict(
                         {k[len("students."):]: v for k, v in model.items() if k.startswith("students.")})
-            if not self.main:  # rank 0 evaluates and writes; the others wait for it
+            if not self.is_rank0:  # rank 0 evaluates and writes; the others wait for it
                 dist.barrier()
                 for cb in self.callbacks:
                     if hasattr(cb, "on_epoch_end"):
                         cb.on_epoch_end(self, record)
                 return
         t0 = time.perf_counter()
-        last_of_run = si == len(self.stages) - 1 and epoch == stage.epochs - 1
+        last_of_run = stage_index == len(self.stages) - 1 and epoch == stage.epochs - 1
         if (epoch + 1) % self.recipe.train.eval_every == 0 or epoch == stage.epochs - 1:
             record.update(self.evaluate())
             self.last = {k: v for k, v in record.items() if k.startswith(("test/", "val/"))}
-            self.last["epoch"] = g + 1
+            self.last["epoch"] = global_epoch + 1
             key = self.select_by
             if key in record and record[key] > self.best.get(key, -1.0):
                 self.best = {**self.last, "selected_by": key}
@@ -392,7 +392,7 @@ class Trainer:
                    setting=self.recipe.train.progress)
         if save_now:
             save_state(self.run_dir / CHECKPOINT, {
-                "stage": si, "epoch": epoch + 1, "global_epoch": g + 1,
+                "stage": stage_index, "epoch": epoch + 1, "global_epoch": global_epoch + 1,
                 "modules": full["modules"] if full else self._state_modules(objectives).state_dict(),
                 "optimizer": full["optimizer"] if full else opt.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -409,10 +409,10 @@ class Trainer:
 
     def _progress(self, label: str, total: int):
         """The epoch's bar (engine/progress.py): running loss and last held-out top-1, on a terminal only."""
-        return epoch_bar(label, total, setting=self.recipe.train.progress, main=self.main, last=self.last)
+        return epoch_bar(label, total, setting=self.recipe.train.progress, main=self.is_rank0, last=self.last)
 
     def summary(self) -> dict[str, Any]:
-        if not self.main:  # only rank 0 evaluated; the others' summary is not written
+        if not self.is_rank0:  # only rank 0 evaluated; the others' summary is not written
             return {"name": self.recipe.name, "seed": self.recipe.seed, "status": "finished", "rank": dist.rank()}
         return {"name": self.recipe.name, "seed": self.recipe.seed,
                 "epochs": sum(s.epochs for s in self.stages), "wall_s": self.wall_s,

@@ -58,19 +58,19 @@ class FitData:
 
 @dataclass
 class StepContext:
-    """Everything a term may look at for one batch."""
+    """Everything a term may look at for one batch (the clean batch, or one extra view's batch)."""
 
-    x: torch.Tensor
-    y: torch.Tensor
-    idx: torch.Tensor
-    s_logits: torch.Tensor
-    s_feats: dict[str, torch.Tensor]
-    teachers: list["TeacherOutput"] = field(default_factory=list)
-    peers: list[torch.Tensor] = field(default_factory=list)  # detached logits of the other cohort members
+    x: torch.Tensor  # the student's input (normalised)
+    y: torch.Tensor  # the label of each sample's source image (a training target only when y_is_target)
+    idx: torch.Tensor  # each sample's index in the training split
+    s_logits: torch.Tensor  # the student's logits on x
+    s_feats: dict[str, torch.Tensor]  # the student's features at the objective's taps
+    teacher_outputs: list["TeacherOutput"] = field(default_factory=list)  # one per teacher, on x
+    peer_logits: list[torch.Tensor] = field(default_factory=list)  # detached logits of the other cohort members
     student: nn.Module | None = None
-    teacher_models: list["Teacher"] = field(default_factory=list)
+    live_teachers: list["Teacher"] = field(default_factory=list)  # frozen modules that run on new inputs (BSS)
     view: str = "clean"  # "clean", or the name of the extra view (mixup, cutmix_pick, backward ...) x came from
-    labels: bool = True  # False on teacher-labelled views: y is the source sample's label, not a target
+    y_is_target: bool = True  # False on teacher-labelled views: y is the source sample's label, not a target
     y_mix: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (y_a, y_b, lam) on label-mixed views
     epoch: int = 0  # 0-based, within the stage
     epochs: int = 1
@@ -79,13 +79,13 @@ class StepContext:
 
     @property
     def t_logits(self) -> torch.Tensor:
-        if not self.teachers:
+        if not self.teacher_outputs:
             raise RuntimeError("this term needs a teacher, but the recipe has none")
-        return self.teachers[0].logits
+        return self.teacher_outputs[0].logits
 
     @property
     def t_feats(self) -> dict[str, torch.Tensor]:
-        return self.teachers[0].feats if self.teachers else {}
+        return self.teacher_outputs[0].feats if self.teacher_outputs else {}
 
     @property
     def progress(self) -> float:

@@ -160,14 +160,14 @@ class BSS(Term):
         lam = bss_schedule(ctx.progress, p.start, p.zero_at)
         if lam <= 0:
             return {"loss": zero}
-        if not ctx.teacher_models or ctx.student is None:
+        if not ctx.live_teachers or ctx.student is None:
             raise KDLabError("bss needs the teacher model and the student module in the step context "
                              "(it attacks the teacher and runs the student on the adversarial samples)")
         idx = select_base_samples(ctx.s_logits, ctx.t_logits, ctx.y, p.max_samples, p.require_student_correct)
         if idx.numel() == 0:
             return {"loss": zero}
         target = sample_target_classes(ctx.t_logits[idx])
-        teacher = ctx.teacher_models[0]
+        teacher = ctx.live_teachers[0]
         x_adv = bss_attack(teacher, ctx.x[idx], target, steps=p.steps, step_size=p.step_size, clamp=p.clamp)
         t_adv = teacher(x_adv).logits  # no_grad, eval mode
         try:

@@ -79,7 +79,7 @@ class CrossEntropy(Term):
             ce_a = F.cross_entropy(logits, y_a, reduction="none", label_smoothing=ls)
             ce_b = F.cross_entropy(logits, y_b, reduction="none", label_smoothing=ls)
             return {"loss": (lam * ce_a + (1 - lam) * ce_b).mean()}
-        if not ctx.labels:
+        if not ctx.y_is_target:
             return {}
         return {"loss": F.cross_entropy(logits, ctx.y, label_smoothing=ls)}
 
@@ -380,18 +380,18 @@ class MultiTeacherKD(Term):
         return list(self.p.weights)
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        if not ctx.teachers:
+        if not ctx.teacher_outputs:
             raise KDLabError("mtkd needs at least one teacher: add `teacher:` (a list) to the recipe")
-        for out in ctx.teachers:
+        for out in ctx.teacher_outputs:
             _check_pair(ctx.s_logits, out.logits, "mtkd")
-        w = self._weights(len(ctx.teachers))
+        w = self._weights(len(ctx.teacher_outputs))
         tau = self.p.tau
         if self.p.reduce == "sum_kd":
             return {f"teacher{m}": w[m] * kl_div_tau(ctx.s_logits, out.logits, tau)
-                    for m, out in enumerate(ctx.teachers)}
+                    for m, out in enumerate(ctx.teacher_outputs)}
         total = sum(w)
         # log of the mixture sum_m w_m p_m, in log space: logsumexp_m(log w_m + log p_m)
-        log_each = torch.stack([F.log_softmax(out.logits.float() / tau, -1) for out in ctx.teachers])
+        log_each = torch.stack([F.log_softmax(out.logits.float() / tau, -1) for out in ctx.teacher_outputs])
         log_w = torch.tensor([wm / total for wm in w], device=log_each.device).log().view(-1, 1, 1)
         log_pt = torch.logsumexp(log_w + log_each, dim=0)
         log_ps = F.log_softmax(ctx.s_logits.float() / tau, -1)

@@ -1,7 +1,7 @@
 """Online distillation between students trained together in one loop (``cohort:`` in the recipe).
 
 The trainer builds one objective per cohort member and gives each the other members' logits as
-``ctx.peers`` (already detached). It sums all members' losses and takes one optimizer step, so the
+``ctx.peer_logits`` (already detached). It sums all members' losses and takes one optimizer step, so the
 cohort is updated jointly rather than alternately as in the DML paper's Algorithm 1; with the peers
 treated as constants both schemes use the same per-network gradient direction at a step.
 """
@@ -34,10 +34,10 @@ class DeepMutualLearning(Term):
     needs_teacher = False
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        if not ctx.peers:
+        if not ctx.peer_logits:
             raise KDLabError("dml needs peers: add `cohort: [{name: MODEL}]` to the recipe (at least one more student)")
         losses = []
-        for peer in ctx.peers:
+        for peer in ctx.peer_logits:
             if peer.shape != ctx.s_logits.shape:
                 raise KDLabError(f"dml: peer logits {tuple(peer.shape)} differ from the student's "
                                  f"{tuple(ctx.s_logits.shape)}")

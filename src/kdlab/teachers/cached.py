@@ -305,7 +305,7 @@ def build(path: str | Path, *, teacher: Any, dataset: Any, pipeline: Any, spec: 
     taps = list(spec.taps)
     teacher.add_taps(taps)
     # the views: every parameter row (enumerated), K rows per sample drawn once (sampled), or none (identity)
-    if not pipeline.views:
+    if not pipeline.augment:
         mode, rows, table, v = "identity", torch.zeros(1, 0, dtype=torch.int64), None, 1
     elif spec.views == "all":
         if not pipeline.enumerable:
@@ -317,7 +317,7 @@ def build(path: str | Path, *, teacher: Any, dataset: Any, pipeline: Any, spec: 
         k = int(spec.views)
         gen = torch.Generator().manual_seed(spec.seed)
         probe = _raw(dataset.train.x[:1])
-        table = torch.stack([torch.cat([pv.draw(probe.expand(n, *probe.shape[1:]), gen) for pv in pipeline.views], 1)
+        table = torch.stack([torch.cat([pv.draw(probe.expand(n, *probe.shape[1:]), gen) for pv in pipeline.augment], 1)
                              for _ in range(k)], 1)  # N×K×k
         mode, rows, v = "sampled", None, k
         _save_npy(path / "params.npy", table.numpy().astype(np.int16))

@@ -44,7 +44,7 @@ class View:
             params = self.Params.model_validate(dict(params))
         elif not isinstance(params, self.Params):
             raise TypeError(f"{type(self).__name__} expects {type(self).__name__}.Params, got {type(params).__name__}")
-        self.params = params
+        self.p = params
 
     def draw(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """Per-sample parameters (int64, N×k) drawn on ``gen``'s device."""
@@ -58,7 +58,7 @@ class View:
         return self.apply(x, self.draw(x, gen))
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.p.model_dump().items())
         return f"{type(self).__name__}({fields})"
 
 
@@ -109,15 +109,15 @@ class Crop(View):
 
     def draw(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         d = _spatial_dims(x)
-        hi = 2 * self.params.padding + 1
+        hi = 2 * self.p.padding + 1
         return torch.randint(0, hi, (len(x), d), generator=gen, device=generator_device(gen))
 
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return random_crop(x, params, self.params.padding)
+        return random_crop(x, params, self.p.padding)
 
     def radices(self, sample_shape: tuple[int, ...]) -> list[int]:
         """Values each parameter column can take (one offset per spatial dim): the cache enumerates them."""
-        return [2 * self.params.padding + 1] * (len(sample_shape) - 1)
+        return [2 * self.p.padding + 1] * (len(sample_shape) - 1)
 
 
 @VIEWS.register("flip", description="horizontal flip with probability p per sample")
@@ -129,7 +129,7 @@ class Flip(View):
 
     def draw(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         u = torch.rand(len(x), 1, generator=gen, device=generator_device(gen))
-        return (u < self.params.p).long()
+        return (u < self.p.p).long()
 
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         return random_flip(x, params[:, 0])
@@ -149,8 +149,8 @@ class CropFlip(View):
 
     def __init__(self, params: BaseModel | Mapping[str, Any] | None = None):
         super().__init__(params)
-        self.crop = Crop(Crop.Params(padding=self.params.padding))
-        self.flip = Flip(Flip.Params(p=self.params.p))
+        self.crop = Crop(Crop.Params(padding=self.p.padding))
+        self.flip = Flip(Flip.Params(p=self.p.p))
 
     def draw(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         return torch.cat([self.crop.draw(x, gen), self.flip.draw(x, gen)], dim=1)
