@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test fashion-mnist clean
+.PHONY: demo test lint fashion-mnist clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed fashion-mnist
 	$(PY) -m pytest
+
+# ruff lint and format check (configured in pyproject.toml); CI runs it before the tests
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs report

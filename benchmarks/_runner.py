@@ -32,8 +32,9 @@ def _job(job: tuple[list[str], list[str], bool]) -> str:
     return str(recipe.run_dir())
 
 
-def run_arms(arms: dict[str, Arm], seeds: list[int], out: str | Path, *, workers: int = 2,
-             force: bool = False) -> list[Path]:
+def run_arms(
+    arms: dict[str, Arm], seeds: list[int], out: str | Path, *, workers: int = 2, force: bool = False
+) -> list[Path]:
     from kdlab.engine.run import load_teacher
     from kdlab.recipe import load_recipe
 
@@ -66,8 +67,10 @@ def report(run_dirs: list[Path], out: str | Path, baseline: str | None, title: s
     table = "\n".join(line for line in rep["markdown"].splitlines() if line.startswith("|"))
     import torch
 
-    header = (f"### {title}\n\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, torch "
-              f"{torch.__version__}, 1 thread per run, 2 runs at a time; wall time {time.time() - started:.0f} s.\n")
+    header = (
+        f"### {title}\n\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, torch "
+        f"{torch.__version__}, 1 thread per run, 2 runs at a time; wall time {time.time() - started:.0f} s.\n"
+    )
     text = f"{header}\n{table}\n"
     print(text)
     return text

@@ -26,8 +26,10 @@ def digits200(epochs: int, structure: str) -> list[str]:
     """The digits-200 KD setting shared with bench_backward.py, as overrides of the digits pair."""
     m = [round(epochs * f) for f in (0.625, 0.75, 0.875)]
     base = [
-        "data.kwargs={train_subset: 200}", "data.augment=[{name: crop, padding: 1}]",
-        f"schedule.epochs={epochs}", f"schedule.milestones={m}",
+        "data.kwargs={train_subset: 200}",
+        "data.augment=[{name: crop, padding: 1}]",
+        f"schedule.epochs={epochs}",
+        f"schedule.milestones={m}",
         "objective={ce: {weight: 0.1}, kd: {weight: 0.9, tau: 4}}",
     ]
     if structure == "stable":
@@ -64,5 +66,10 @@ if __name__ == "__main__":
     out = a.out or f"runs/bench/augmentation-{e.structure}-{e.epochs}"
     t0 = time.time()
     dirs = run_arms(arms(e.epochs, e.structure), a.seed_list, out, workers=a.workers, force=a.force)
-    report(dirs, out, "kd", f"Digits-200, KD + augmentation ({e.structure} structure, {e.epochs} epochs, "
-                             f"seeds {a.seeds})", t0)
+    report(
+        dirs,
+        out,
+        "kd",
+        f"Digits-200, KD + augmentation ({e.structure} structure, {e.epochs} epochs, seeds {a.seeds})",
+        t0,
+    )

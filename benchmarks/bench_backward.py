@@ -39,5 +39,6 @@ if __name__ == "__main__":
     out = a.out or f"runs/bench/backward-{e.epochs}"
     t0 = time.time()
     dirs = run_arms(arms(e.epochs), a.seed_list, out, workers=a.workers, force=a.force)
-    report(dirs, out, "kd", f"Digits-200, KD + backward-pass auxiliary samples ({e.epochs} epochs, seeds {a.seeds})",
-           t0)
+    report(
+        dirs, out, "kd", f"Digits-200, KD + backward-pass auxiliary samples ({e.epochs} epochs, seeds {a.seeds})", t0
+    )

@@ -55,9 +55,16 @@ def recipe(out: Path, name: str, teacher: str, student: str, arm: str, n: int):
 
     kd = arm != "student"
     data = {
-        "name": name, "out": str(out), "seed": 0,
-        "data": {"name": "bench_cifar_shape", "kwargs": {"n": n}, "batch_size": BATCH, "augment": ["crop_flip"],
-                 "eval_batch_size": BATCH},
+        "name": name,
+        "out": str(out),
+        "seed": 0,
+        "data": {
+            "name": "bench_cifar_shape",
+            "kwargs": {"n": n},
+            "batch_size": BATCH,
+            "augment": ["crop_flip"],
+            "eval_batch_size": BATCH,
+        },
         "student": {"name": student},
         "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4}} if kd else {"ce": {}},
         "schedule": {"epochs": 2, "milestones": []},
@@ -119,12 +126,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     n = args.steps * BATCH
     register_data(n)
-    print(f"# Teacher cache benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    print(f"# one epoch = {args.steps} steps of batch {BATCH} (3x32x32, {CLASSES} classes); median of "
-          f"{args.repeats} interleaved repeats; kdlab runs use its CPU defaults (fp32, channels_last)\n")
-    print("| pair | student-only s/epoch | cached KD | live KD | plain loop | cached / student | cached vs plain "
-          "| live vs plain | build: teacher forwards/s | 162-view cache of 50,000 images | break-even (240-epoch runs) |")
+    print(
+        f"# Teacher cache benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        f"# one epoch = {args.steps} steps of batch {BATCH} (3x32x32, {CLASSES} classes); median of "
+        f"{args.repeats} interleaved repeats; kdlab runs use its CPU defaults (fp32, channels_last)\n"
+    )
+    print(
+        "| pair | student-only s/epoch | cached KD | live KD | plain loop | cached / student | cached vs plain "
+        "| live vs plain | build: teacher forwards/s | 162-view cache of 50,000 images | break-even (240-epoch runs) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["KDLAB_CACHE"] = str(Path(tmp) / "cache")
@@ -141,9 +154,12 @@ def main() -> None:
             build_s = 50_000 * 162 / rate  # a full CIFAR training split, every (dx, dy, flip)
             saved_per_run = 240 * (m["live"] - m["cached"]) * 50_000 / n  # the standard protocol: 240 epochs
             runs = build_s / saved_per_run if saved_per_run > 0 else float("inf")
-            print(f"| {pair} | {m['student']:.2f} | {m['cached']:.2f} | {m['live']:.2f} | {m['plain']:.2f} | "
-                  f"{m['cached'] / m['student']:.3f} | {m['plain'] / m['cached']:.2f}x | {m['plain'] / m['live']:.2f}x "
-                  f"| {rate:.0f} | {build_s / 3600:.2f} h | {runs:.2f} |", flush=True)
+            print(
+                f"| {pair} | {m['student']:.2f} | {m['cached']:.2f} | {m['live']:.2f} | {m['plain']:.2f} | "
+                f"{m['cached'] / m['student']:.3f} | {m['plain'] / m['cached']:.2f}x | {m['plain'] / m['live']:.2f}x "
+                f"| {rate:.0f} | {build_s / 3600:.2f} h | {runs:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -46,35 +46,58 @@ def tables(epochs: int, teachers: str) -> dict[str, dict[str, tuple[list[str], l
     t = {
         "pilot": {"ce": method("ce"), "kd": method("kd")},
         "catalogue": {
-            "ce": method("ce"), "kd": method("kd"), "dkd": method("dkd"), "crd": method("crd"),
-            "fitnet": method("fitnet", *fitnet), "at": method("at"), "sp": method("sp"), "rkd": method("rkd"),
-            "dml": method("dml", "cohort=[{name: resnet20}]"), "bss": method("bss"),
+            "ce": method("ce"),
+            "kd": method("kd"),
+            "dkd": method("dkd"),
+            "crd": method("crd"),
+            "fitnet": method("fitnet", *fitnet),
+            "at": method("at"),
+            "sp": method("sp"),
+            "rkd": method("rkd"),
+            "dml": method("dml", "cohort=[{name: resnet20}]"),
+            "bss": method("bss"),
         },
         "augmentation": {
-            "ce": method("ce"), "kd": method("kd"), "ce_x2": method("ce", x2), "kd_x2": method("kd", x2),
-            "kd+tlmixup": method("kd_tlmixup"), "kd+tlcutmix": method("kd_tlcutmix"),
-            "kd+pick_tent": method("kd", pick % "teacher_entropy"), "kd+pick_random": method("kd", pick % "random"),
+            "ce": method("ce"),
+            "kd": method("kd"),
+            "ce_x2": method("ce", x2),
+            "kd_x2": method("kd", x2),
+            "kd+tlmixup": method("kd_tlmixup"),
+            "kd+tlcutmix": method("kd_tlcutmix"),
+            "kd+pick_tent": method("kd", pick % "teacher_entropy"),
+            "kd+pick_random": method("kd", pick % "random"),
         },
         "backward": {
-            "kd": method("kd"), "kd+backward": method("kd_backward"),
+            "kd": method("kd"),
+            "kd+backward": method("kd_backward"),
             "kd+backward_random": method("kd_backward", "views.0.direction=random"),
         },
         "letkd": {
-            "kd": method("kd"), "letkd1": method("letkd1"), "letkd2": method("letkd2"),
+            "kd": method("kd"),
+            "letkd1": method("letkd1"),
+            "letkd2": method("letkd2"),
             "letkd1_nosup": method("letkd1", "objective.letkd_penult.weight=0"),
         },
         "beyond": {},
     }
     for cell, corr in CORRUPTIONS.items():
-        common = [f"data.corruption={corr}", "data.val_fraction=0.1", f"teacher.run={teachers}/{cell}/seed0",
-                  "teacher.recipe=null", "teacher.weights=best"]
+        common = [
+            f"data.corruption={corr}",
+            "data.val_fraction=0.1",
+            f"teacher.run={teachers}/{cell}/seed0",
+            "teacher.recipe=null",
+            "teacher.weights=best",
+        ]
         for m in ("ce", "kd", "sp", "dml"):
             extra = ["cohort=[{name: resnet20}]"] if m == "dml" else []
             t["beyond"][f"{cell}-{m}"] = ([PAIR, M.format(m)], [*common, *extra])
     return t
 
 
-CORRUPTIONS = {"noise40": "{noise: {rate: 0.4}, seed: 0}", "imb100": "{imbalance: {ratio: 100}, seed: 0}"}  # one corruption: teacher and students
+CORRUPTIONS = {
+    "noise40": "{noise: {rate: 0.4}, seed: 0}",
+    "imb100": "{imbalance: {ratio: 100}, seed: 0}",
+}  # one corruption: teacher and students
 TEACHER = "recipes/cifar10/teachers/resnet20-cpu.yaml"
 
 
@@ -87,8 +110,19 @@ def train_teachers(data: list[str], teachers: str, epochs: int, beyond: bool, su
     jobs = [("resnet20", [*data, *subset, f"schedule.epochs={epochs}"])]
     if beyond:
         for cell, corr in CORRUPTIONS.items():
-            jobs.append((cell, [*data, "data.kwargs.train_subset=10000", *subset, f"data.corruption={corr}",
-                                "data.val_fraction=0.1", f"schedule.epochs={epochs}"]))
+            jobs.append(
+                (
+                    cell,
+                    [
+                        *data,
+                        "data.kwargs.train_subset=10000",
+                        *subset,
+                        f"data.corruption={corr}",
+                        "data.val_fraction=0.1",
+                        f"schedule.epochs={epochs}",
+                    ],
+                )
+            )
     for name, over in jobs:
         run_recipe(load_recipe([TEACHER], [*over, f"name={name}", f"out={teachers}"]), quiet=False)
 
@@ -101,7 +135,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench/cifar10-cpu")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--force", action="store_true")
-    p.add_argument("--smoke", action="store_true", help="2,000 training and 500 test images, 1 epoch, seed 0, 2 cached views")
+    p.add_argument(
+        "--smoke", action="store_true", help="2,000 training and 500 test images, 1 epoch, seed 0, 2 cached views"
+    )
     a = p.parse_args()
     lo, _, hi = a.seeds.partition("-")
     seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in a.seeds.split(",")]
@@ -109,7 +145,10 @@ def main() -> None:
     teachers, epochs, teacher_epochs, subset, small = "runs/cifar10-cpu/teachers", 20, 15, [], []
     if a.smoke:
         seeds, a.out, teachers, epochs, teacher_epochs = [0], a.out + "-smoke", "runs/cifar10-cpu-smoke/teachers", 1, 1
-        subset = ["data.kwargs.train_subset=2000", "data.kwargs.test_subset=500"]  # imbalance 100 needs >= 100 per class
+        subset = [
+            "data.kwargs.train_subset=2000",
+            "data.kwargs.test_subset=500",
+        ]  # imbalance 100 needs >= 100 per class
         small = [*subset, "schedule.epochs=1", "schedule.milestones=[]", "teacher.cache={path: auto, views: 2}"]
     names = a.tables.split(",")
     train_teachers(data, teachers, teacher_epochs, "beyond" in names, subset)
@@ -120,10 +159,15 @@ def main() -> None:
         started = time.time()
         dirs = run_arms(arms, seeds, f"{a.out}/{name}", workers=a.workers, force=a.force)
         base = "ce" if "ce" in arms else ("kd" if "kd" in arms else None)
-        report(dirs, f"{a.out}/{name}", base, started=started,
-               title=f"CIFAR-10 (JPEG copy), {name}: resnet20 -> resnet8, "
-                     + ("SMOKE (2,000 training images, 1 epoch)" if a.smoke else f"10,000 training images, {epochs} epochs")
-                     + f", seeds {','.join(map(str, seeds))}")
+        report(
+            dirs,
+            f"{a.out}/{name}",
+            base,
+            started=started,
+            title=f"CIFAR-10 (JPEG copy), {name}: resnet20 -> resnet8, "
+            + ("SMOKE (2,000 training images, 1 epoch)" if a.smoke else f"10,000 training images, {epochs} epochs")
+            + f", seeds {','.join(map(str, seeds))}",
+        )
 
 
 if __name__ == "__main__":

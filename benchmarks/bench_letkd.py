@@ -47,8 +47,13 @@ def main() -> None:
     out = a.out or "runs/bench/letkd"
     started = time.time()
     dirs = run_arms(ARMS, a.seed_list, out, workers=a.workers, force=a.force)
-    report(dirs, out, baseline="student", started=started,
-           title="letKD on digits (smallcnn x2 -> x0.25, 300 training images, K = 64, 30 epochs)")
+    report(
+        dirs,
+        out,
+        baseline="student",
+        started=started,
+        title="letKD on digits (smallcnn x2 -> x0.25, 300 training images, K = 64, 30 epochs)",
+    )
 
 
 if __name__ == "__main__":

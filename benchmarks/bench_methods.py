@@ -17,12 +17,36 @@ from _runner import cli, report, run_arms
 
 PAIR = "recipes/digits/resnet20-resnet8.yaml"
 TWO_STAGE = ["fitnet", "fsp", "ab", "ft"]
-METHODS = ["ce", "kd", "bss", "fitnet", "fsp", "at", "ab", "rkd", "sp", "dml",  # the nine of Sarfraz et al.
-           "ft", "vid", "cc", "pkt", "nst", "crd", "reviewkd", "dkd", "dist", "ls_kd", "mlkd", "multi_teacher"]
+METHODS = [
+    "ce",
+    "kd",
+    "bss",
+    "fitnet",
+    "fsp",
+    "at",
+    "ab",
+    "rkd",
+    "sp",
+    "dml",  # the nine of Sarfraz et al.
+    "ft",
+    "vid",
+    "cc",
+    "pkt",
+    "nst",
+    "crd",
+    "reviewkd",
+    "dkd",
+    "dist",
+    "ls_kd",
+    "mlkd",
+    "multi_teacher",
+]
 EXTRA = {
     "dml": ["cohort=[{name: resnet20}]"],
-    "multi_teacher": ["teacher=[{run: runs/digits/teachers/resnet20/seed0, recipe: recipes/digits/teacher_resnet20.yaml},"
-                      " {run: runs/digits/teachers/teacher/seed0, recipe: recipes/digits/teacher.yaml}]"],
+    "multi_teacher": [
+        "teacher=[{run: runs/digits/teachers/resnet20/seed0, recipe: recipes/digits/teacher_resnet20.yaml},"
+        " {run: runs/digits/teachers/teacher/seed0, recipe: recipes/digits/teacher.yaml}]"
+    ],
 }
 
 

@@ -21,10 +21,16 @@ PAIR = ["recipes/text/tweets_pair.yaml", "recipes/methods/kd.yaml"]
 
 
 def arms(epochs: int, train_subset: int, fraction: float, eta: float) -> dict:
-    base = [f"schedule.epochs={epochs}", f"data.kwargs.train_subset={train_subset}", "train.grad_clip=5",
-            "objective={ce: {weight: 0.1}, kd: {weight: 0.9, tau: 4}}"]
-    view = ("views=[{name: backward_text, space: relaxed, direction: %s, eta: " + str(eta) + ", steps: 1, "
-            "weight: 0.25, fraction: " + str(fraction) + "}]")
+    base = [
+        f"schedule.epochs={epochs}",
+        f"data.kwargs.train_subset={train_subset}",
+        "train.grad_clip=5",
+        "objective={ce: {weight: 0.1}, kd: {weight: 0.9, tau: 4}}",
+    ]
+    view = (
+        "views=[{name: backward_text, space: relaxed, direction: %s, eta: " + str(eta) + ", steps: 1, "
+        "weight: 0.25, fraction: " + str(fraction) + "}]"
+    )
     return {
         "kd": (PAIR, base),
         "kd+backward_text": (PAIR, [*base, view % "gradient"]),
@@ -49,7 +55,14 @@ if __name__ == "__main__":
     a = cli(__doc__.splitlines()[0], default_seeds="0-2")
     out = a.out or f"runs/bench/text-{e.epochs}-{e.train_subset}"
     t0 = time.time()
-    dirs = run_arms(arms(e.epochs, e.train_subset, e.fraction, e.eta), a.seed_list, out, workers=a.workers,
-                    force=a.force)
-    report(dirs, out, "kd", f"Tweets-{e.train_subset}, MiniLM -> text_transformer, KD + backward_text (relaxed, "
-           f"fraction {e.fraction}, eta {e.eta}; {e.epochs} epochs, seeds {a.seeds})", t0)
+    dirs = run_arms(
+        arms(e.epochs, e.train_subset, e.fraction, e.eta), a.seed_list, out, workers=a.workers, force=a.force
+    )
+    report(
+        dirs,
+        out,
+        "kd",
+        f"Tweets-{e.train_subset}, MiniLM -> text_transformer, KD + backward_text (relaxed, "
+        f"fraction {e.fraction}, eta {e.eta}; {e.epochs} epochs, seeds {a.seeds})",
+        t0,
+    )

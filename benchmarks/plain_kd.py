@@ -13,8 +13,9 @@ import torch.nn.functional as F
 CLASSES, SHAPE = 100, (3, 32, 32)
 
 
-def plain_kd_rate(device: str, n: int, batch: int, teacher_name: str, student_name: str,
-                  classes: int = CLASSES) -> float:
+def plain_kd_rate(
+    device: str, n: int, batch: int, teacher_name: str, student_name: str, classes: int = CLASSES
+) -> float:
     """Images/s of the second of two epochs over ``n`` synthetic CIFAR-shaped images (NCHW, fp32)."""
     from kdlab.models import build_model
     from kdlab.views.basic import CropFlip, normalize
@@ -36,7 +37,7 @@ def plain_kd_rate(device: str, n: int, batch: int, teacher_name: str, student_na
         order = torch.randperm(n, generator=g, device=dev)
         losses, top1 = [], []
         for i in range(0, n - batch + 1, batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             x = normalize(aug(x_all[idx], g), mean, std)
             y = y_all[idx]
             with torch.no_grad():

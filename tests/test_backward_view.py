@@ -60,8 +60,18 @@ def _batch(n: int = 32, seed: int = 1, lo: float = 0.2, hi: float = 0.8) -> torc
 
 def _inp(teacher, student, x, *, seed=0, lo=LO, hi=HI, epoch=0, data=None) -> ViewInput:
     n = len(x)
-    return ViewInput(x=x, y=torch.arange(n) % 5, idx=torch.arange(100, 100 + n),
-                     gen=torch.Generator().manual_seed(seed), teacher=teacher, student=student, lo=lo, hi=hi, epoch=epoch, data=data)
+    return ViewInput(
+        x=x,
+        y=torch.arange(n) % 5,
+        idx=torch.arange(100, 100 + n),
+        gen=torch.Generator().manual_seed(seed),
+        teacher=teacher,
+        student=student,
+        lo=lo,
+        hi=hi,
+        epoch=epoch,
+        data=data,
+    )
 
 
 def _d(teacher: Teacher, student: nn.Module, x: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
@@ -95,8 +105,15 @@ def test_registered_with_defaults_and_validation():
     assert (p.weight, p.tau, p.steps, p.eta, p.step_rule) == (0.25, 4.0, 1, 0.1, "l2")
     assert (p.ball, p.eps, p.direction, p.schedule, p.fraction) == (None, None, "gradient", "online", 1.0)
     assert p.targets == "teacher"
-    for bad in ({"ball": "l2"}, {"eps": 0.1}, {"targets": "labels"}, {"steps": 0}, {"etaa": 0.1},
-                {"fraction": 1.5}, {"step_rule": "l1"}):
+    for bad in (
+        {"ball": "l2"},
+        {"eps": 0.1},
+        {"targets": "labels"},
+        {"steps": 0},
+        {"etaa": 0.1},
+        {"fraction": 1.5},
+        {"step_rule": "l1"},
+    ):
         with pytest.raises(pydantic.ValidationError):
             Backward.Params(**bad)
     assert Backward({"steps": 3, "ball": "linf", "eps": 0.2}).p.steps == 3
@@ -133,7 +150,8 @@ def test_clip_and_balls_hold():
     for rule in ("l2", "sign", "raw"):
         for ball, eps in (("l2", 0.5), ("linf", 0.05)):
             o = Backward({"steps": 3, "eta": 2.0, "step_rule": rule, "ball": ball, "eps": eps})(
-                _inp(teacher, student, x))
+                _inp(teacher, student, x)
+            )
             assert (o.x >= LO).all() and (o.x <= HI).all()
             delta = o.x - x
             size = _norm(delta) if ball == "l2" else delta.abs().reshape(len(x), -1).amax(1)
@@ -156,8 +174,9 @@ def test_l2_rule_rms_per_step_is_eta_over_k():
     out = Backward({"eta": 0.1})(_inp(teacher, student, x, lo=WIDE_LO, hi=WIDE_HI))
     assert out.stats["l2"] == pytest.approx(0.1 * 8, rel=1e-5) and out.stats["clipped"] == 0.0
     # sign rule: every element with a non-zero gradient moves by exactly eta/K per step
-    res = ascend(x, _div_fn(teacher, student), Backward.Params(steps=2, eta=0.2, step_rule="sign"), None, None,
-                 record=True)
+    res = ascend(
+        x, _div_fn(teacher, student), Backward.Params(steps=2, eta=0.2, step_rule="sign"), None, None, record=True
+    )
     for s, g in zip(res.steps, res.grads):
         assert (g != 0).float().mean() > 0.9
         torch.testing.assert_close(s.abs(), 0.1 * (g != 0).float())
@@ -183,8 +202,9 @@ def test_networks_untouched_no_grads_and_modes_restored():
     s_state = {k: v.clone() for k, v in student.state_dict().items()}
     x = _batch(32)
     for schedule in ("online", "offline"):
-        data = SimpleNamespace(split=Split(torch.rand(40, 1, 8, 8), torch.arange(40) % 5),
-                               prepare=lambda r: normalize(r, [MEAN], [STD]))
+        data = SimpleNamespace(
+            split=Split(torch.rand(40, 1, 8, 8), torch.arange(40) % 5), prepare=lambda r: normalize(r, [MEAN], [STD])
+        )
         out = Backward({"steps": 2, "eta": 0.2, "schedule": schedule})(_inp(teacher, student, x, data=data))
         assert not out.x.requires_grad and out.teacher is not None
     for k, v in teacher.model.state_dict().items():
@@ -227,8 +247,7 @@ def test_random_control_same_norm_different_direction(rule):
     assert (cos_a > 0.5).all()  # the gradient variant does follow the gradient
     # the view: same distance travelled, smaller divergence gain than the gradient direction
     g_out = Backward({"steps": 1, "eta": 0.1})(_inp(teacher, student, x, lo=WIDE_LO, hi=WIDE_HI))
-    r_out = Backward({"steps": 1, "eta": 0.1, "direction": "random"})(
-        _inp(teacher, student, x, lo=WIDE_LO, hi=WIDE_HI))
+    r_out = Backward({"steps": 1, "eta": 0.1, "direction": "random"})(_inp(teacher, student, x, lo=WIDE_LO, hi=WIDE_HI))
     assert r_out.stats["l2"] == pytest.approx(g_out.stats["l2"], rel=1e-5)
     g_gain = g_out.stats["d_after"] - g_out.stats["d_before"]
     assert g_gain > 2 * abs(r_out.stats["d_after"] - r_out.stats["d_before"])
@@ -270,8 +289,11 @@ def test_offline_regenerates_every_e_epochs_and_draws_rho_b():
         for step in range(3):
             before = view.generations
             s_count.n = 0
-            out = view(_inp(teacher, student, _batch(b, seed=epoch * 10 + step), seed=epoch * 10 + step,
-                            epoch=epoch, data=data))
+            out = view(
+                _inp(
+                    teacher, student, _batch(b, seed=epoch * 10 + step), seed=epoch * 10 + step, epoch=epoch, data=data
+                )
+            )
             sizes.append(len(out.x))
             gens_at_step.append(view.generations - before)
             if view.generations == before:

@@ -22,7 +22,9 @@ INFO = SetupInfo(num_train=100, num_classes=5, input_shape=(1, 4, 4))
 # ---------------------------------------------------------------------------------------------- helpers
 def tiny_net(classes=5, seed=0, hidden=32):
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(16, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, classes))
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, classes)
+    )
     net.train()
     with torch.no_grad():
         net(torch.randn(64, 1, 4, 4))  # non-trivial BN statistics
@@ -32,8 +34,18 @@ def tiny_net(classes=5, seed=0, hidden=32):
 def bss_ctx(x, y, student, teacher, epoch=0, epochs=4, s_logits=None):
     t_out = teacher(x)
     s = student(x) if s_logits is None else s_logits
-    return StepContext(x=x, y=y, idx=torch.arange(len(y)), s_logits=s, s_feats={}, teacher_outputs=[t_out],
-                       student=student, live_teachers=[teacher], epoch=epoch, epochs=epochs)
+    return StepContext(
+        x=x,
+        y=y,
+        idx=torch.arange(len(y)),
+        s_logits=s,
+        s_feats={},
+        teacher_outputs=[t_out],
+        student=student,
+        live_teachers=[teacher],
+        epoch=epoch,
+        epochs=epochs,
+    )
 
 
 def soft_ce_reference(s, t, tau):
@@ -52,8 +64,9 @@ def softmax_list(row):
 
 
 # ---------------------------------------------------------------------------------------------- BSS
-@pytest.mark.parametrize("f, lam_bss, lam_kd", [(0.0, 2.0, 4.0), (0.5, 2.0 / 3.0, 2.5), (0.75, 0.0, 1.75),
-                                                (1.0, 0.0, 1.0)])
+@pytest.mark.parametrize(
+    "f, lam_bss, lam_kd", [(0.0, 2.0, 4.0), (0.5, 2.0 / 3.0, 2.5), (0.75, 0.0, 1.75), (1.0, 0.0, 1.0)]
+)
 def test_bss_schedules_match_the_formulas(f, lam_bss, lam_kd):
     # λ_BSS(e) = max(2(1 − 4/3 e/E), 0); λ_KD(e) = 1 + max(3(1 − e/E), 0); e/E = f
     assert boundary.bss_schedule(f) == pytest.approx(max(2 * (1 - 4 / 3 * f), 0))
@@ -63,8 +76,16 @@ def test_bss_schedules_match_the_formulas(f, lam_bss, lam_kd):
     E = 4
     g = torch.Generator().manual_seed(1)
     s, t = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
-    ctx = StepContext(x=torch.zeros(6, 1), y=torch.zeros(6, dtype=torch.long), idx=torch.arange(6), s_logits=s,
-                      s_feats={}, teacher_outputs=[TeacherOutput(t)], epoch=int(f * E), epochs=E)
+    ctx = StepContext(
+        x=torch.zeros(6, 1),
+        y=torch.zeros(6, dtype=torch.long),
+        idx=torch.arange(6),
+        s_logits=s,
+        s_feats={},
+        teacher_outputs=[TeacherOutput(t)],
+        epoch=int(f * E),
+        epochs=E,
+    )
     assert ctx.progress == pytest.approx(f)
     got = BSSKD()(ctx)["loss"].item()
     assert got == pytest.approx(lam_kd * soft_ce_reference(s, t, 3.0), rel=1e-5)
@@ -197,8 +218,14 @@ def test_bss_finite_in_low_precision(dtype):
     # saturated, low-precision logits given directly
     s = (torch.randn(8, 5) * 300).to(dtype).requires_grad_()
     t = (torch.randn(8, 5) * 300).to(dtype)
-    ctx = StepContext(x=torch.zeros(8, 1), y=t.float().argmax(-1), idx=torch.arange(8), s_logits=s, s_feats={},
-                      teacher_outputs=[TeacherOutput(t)])
+    ctx = StepContext(
+        x=torch.zeros(8, 1),
+        y=t.float().argmax(-1),
+        idx=torch.arange(8),
+        s_logits=s,
+        s_feats={},
+        teacher_outputs=[TeacherOutput(t)],
+    )
     kd = BSSKD()(ctx)["loss"]
     kd.backward()
     assert torch.isfinite(kd) and torch.isfinite(s.grad).all()
@@ -229,8 +256,14 @@ def test_bss_two_classes_and_batch_of_one():
     assert torch.isfinite(out) and out.item() > 0
     # identical logits everywhere: the clean KD term is the teacher's entropy, finite
     flat = torch.zeros(3, 2)
-    ctx = StepContext(x=torch.zeros(3, 1), y=torch.zeros(3, dtype=torch.long), idx=torch.arange(3), s_logits=flat,
-                      s_feats={}, teacher_outputs=[TeacherOutput(flat)])
+    ctx = StepContext(
+        x=torch.zeros(3, 1),
+        y=torch.zeros(3, dtype=torch.long),
+        idx=torch.arange(3),
+        s_logits=flat,
+        s_feats={},
+        teacher_outputs=[TeacherOutput(flat)],
+    )
     assert BSSKD()(ctx)["loss"].item() == pytest.approx(4 * math.log(2), rel=1e-6)
 
 
@@ -277,19 +310,29 @@ def test_hcl_matches_reference():
     assert hcl_loss(fs, ft).item() == pytest.approx(hcl_reference(fs, ft), rel=1e-5)
     # spot-check the weights for an 8x8 map: levels 4, 2, 1 with 1/2, 1/4, 1/8, normalised by 1.875
     a, b = fs[0], ft[0]
-    want = (((a - b) ** 2).mean() + 0.5 * ((pool_ref(a, 4) - pool_ref(b, 4)) ** 2).mean()
-            + 0.25 * ((pool_ref(a, 2) - pool_ref(b, 2)) ** 2).mean()
-            + 0.125 * ((pool_ref(a, 1) - pool_ref(b, 1)) ** 2).mean()) / 1.875
+    want = (
+        ((a - b) ** 2).mean()
+        + 0.5 * ((pool_ref(a, 4) - pool_ref(b, 4)) ** 2).mean()
+        + 0.25 * ((pool_ref(a, 2) - pool_ref(b, 2)) ** 2).mean()
+        + 0.125 * ((pool_ref(a, 1) - pool_ref(b, 1)) ** 2).mean()
+    ) / 1.875
     assert hcl_loss([a], [b]).item() == pytest.approx(want.item(), rel=1e-5)
     assert hcl_loss([a], [a.clone()]).item() == 0.0
 
 
 S_SHAPES = {"s1": torch.Size([4, 8, 8]), "s2": torch.Size([6, 4, 4]), "s3": torch.Size([10]), "logits": torch.Size([5])}
-T_SHAPES = {"t1": torch.Size([16, 4, 4]), "t2": torch.Size([12, 4, 4]), "t3": torch.Size([20]), "logits": torch.Size([5])}
+T_SHAPES = {
+    "t1": torch.Size([16, 4, 4]),
+    "t2": torch.Size([12, 4, 4]),
+    "t3": torch.Size([20]),
+    "logits": torch.Size([5]),
+}
 
 
 def review_term(**kw):
-    term = ReviewKD(ReviewKD.Params(layers=["s1", "s2", "s3"], teacher_layers=["t1", "t2", "t3"], warmup_epochs=0, **kw))
+    term = ReviewKD(
+        ReviewKD.Params(layers=["s1", "s2", "s3"], teacher_layers=["t1", "t2", "t3"], warmup_epochs=0, **kw)
+    )
     term.setup(S_SHAPES, T_SHAPES, INFO)
     return term
 
@@ -299,9 +342,16 @@ def review_ctx(n=4, dtype=torch.float32, zero=False, seed=0, epoch=0):
     mk = (lambda s: torch.zeros(n, *s)) if zero else (lambda s: torch.randn(n, *s, generator=g))
     s_feats = {k: mk(v).to(dtype).requires_grad_() for k, v in S_SHAPES.items() if k != "logits"}
     t_feats = {k: mk(v).to(dtype) for k, v in T_SHAPES.items() if k != "logits"}
-    return StepContext(x=torch.zeros(n, 1), y=torch.zeros(n, dtype=torch.long), idx=torch.arange(n),
-                       s_logits=torch.zeros(n, 5), s_feats=s_feats, teacher_outputs=[TeacherOutput(torch.zeros(n, 5), t_feats)],
-                       epoch=epoch, epochs=40)
+    return StepContext(
+        x=torch.zeros(n, 1),
+        y=torch.zeros(n, dtype=torch.long),
+        idx=torch.arange(n),
+        s_logits=torch.zeros(n, 5),
+        s_feats=s_feats,
+        teacher_outputs=[TeacherOutput(torch.zeros(n, 5), t_feats)],
+        epoch=epoch,
+        epochs=40,
+    )
 
 
 def test_review_handles_heterogeneous_shapes():
@@ -387,27 +437,47 @@ def test_review_edge_cases():
 
 # ---------------------------------------------------------------------------------------------- end to end
 def smoke_recipe(out, objective):
-    return load_recipe({
-        "name": "smoke", "out": str(out), "seed": 0,
-        "data": {"name": "digits", "batch_size": 256},
-        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
-        "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
-        "objective": objective,
-        "schedule": {"epochs": 1},
-        "train": {"tensorboard": False},
-    })
+    return load_recipe(
+        {
+            "name": "smoke",
+            "out": str(out),
+            "seed": 0,
+            "data": {"name": "digits", "batch_size": 256},
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+            "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
+            "objective": objective,
+            "schedule": {"epochs": 1},
+            "train": {"tensorboard": False},
+        }
+    )
 
 
-@pytest.mark.parametrize("objective, keys", [
-    ({"ce": {}, "bss_kd": {}, "bss": {"require_student_correct": False, "max_samples": 32}},
-     ["train/ce", "train/bss_kd", "train/bss"]),
-    # smallcnn has two stages: aliases @stage1, @stage2 (teacher side @pre_stage1, @pre_stage2), @penultimate
-    ({"ce": {}, "reviewkd": {"layers": ["@stage1", "@stage2", "@penultimate"], "warmup_epochs": 0}},
-     ["train/ce", "train/reviewkd"]),
-    # real module paths work as well: relu1/relu2 stage ends, bn1/bn2 pre-ReLU, relu3 the penultimate
-    ({"ce": {}, "reviewkd": {"layers": ["relu1", "relu2", "relu3"], "teacher_layers": ["bn1", "bn2", "relu3"],
-                             "warmup_epochs": 0}}, ["train/ce", "train/reviewkd"]),
-])
+@pytest.mark.parametrize(
+    "objective, keys",
+    [
+        (
+            {"ce": {}, "bss_kd": {}, "bss": {"require_student_correct": False, "max_samples": 32}},
+            ["train/ce", "train/bss_kd", "train/bss"],
+        ),
+        # smallcnn has two stages: aliases @stage1, @stage2 (teacher side @pre_stage1, @pre_stage2), @penultimate
+        (
+            {"ce": {}, "reviewkd": {"layers": ["@stage1", "@stage2", "@penultimate"], "warmup_epochs": 0}},
+            ["train/ce", "train/reviewkd"],
+        ),
+        # real module paths work as well: relu1/relu2 stage ends, bn1/bn2 pre-ReLU, relu3 the penultimate
+        (
+            {
+                "ce": {},
+                "reviewkd": {
+                    "layers": ["relu1", "relu2", "relu3"],
+                    "teacher_layers": ["bn1", "bn2", "relu3"],
+                    "warmup_epochs": 0,
+                },
+            },
+            ["train/ce", "train/reviewkd"],
+        ),
+    ],
+)
 def test_one_epoch_on_digits(tmp_path, objective, keys):
     run_recipe(smoke_recipe(tmp_path, objective), quiet=True)
     lines = [json.loads(x) for x in (tmp_path / "smoke" / "seed0" / "metrics.jsonl").read_text().splitlines()]
@@ -430,8 +500,9 @@ def test_method_recipes_compose_with_a_pair_and_terms_are_registered(method, ter
         assert e.description and "\n" not in e.description and e.paper.endswith("2019" if "bss" in name else "2021")
 
 
-@pytest.mark.parametrize("pair, weight", [("resnet32x4-resnet8x4", 5.0), ("wrn_40_2-wrn_16_2", 5.0),
-                                          ("resnet56-resnet20", 0.6)])
+@pytest.mark.parametrize(
+    "pair, weight", [("resnet32x4-resnet8x4", 5.0), ("wrn_40_2-wrn_16_2", 5.0), ("resnet56-resnet20", 0.6)]
+)
 def test_reviewkd_pair_recipes_carry_the_official_per_pair_weight(pair, weight):
     """dvlab-research/ReviewKD's CIFAR-100 script: --kd-loss-weight 5.0 / 5.0 / 0.6 for these pairs."""
     r = load_recipe([f"recipes/cifar100/{pair}.yaml", f"recipes/methods/reviewkd_{pair}.yaml"])

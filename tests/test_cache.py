@@ -45,7 +45,9 @@ def recipe(out, model="test_pointwise", cache=None, **extra):
     if cache is not None:
         t["cache"] = cache
     data = {
-        "name": "kd", "out": str(out), "seed": 1,
+        "name": "kd",
+        "out": str(out),
+        "seed": 1,
         "data": {"name": "digits", "batch_size": 128, "augment": [{"name": "crop_flip", "padding": 1}]},
         "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
         "teacher": t,
@@ -94,7 +96,7 @@ def test_pipeline_draws_the_same_images_as_applying_views_one_by_one():
     assert torch.equal(b.x, ref)
     # each sample's view number names exactly the parameters that made its image
     rows = p.enumerate()[b.view]
-    assert torch.equal(torch.stack([p.at(x[i:i + 1], rows[i])[0] for i in range(16)]), ref)
+    assert torch.equal(torch.stack([p.at(x[i : i + 1], rows[i])[0] for i in range(16)]), ref)
 
 
 # ------------------------------------------------------------------------------------------ exactness
@@ -194,16 +196,26 @@ def test_a_stale_or_foreign_cache_is_refused_naming_what_changed(tmp_path):
     path = str(tmp_path / "c")
     r = recipe(tmp_path / "a", cache={"path": path})
     main(["cache", "build", *_as_files(tmp_path, r), "--no-progress"])
-    other_aug = recipe(tmp_path / "b", cache={"path": path},
-                       data={"name": "digits", "batch_size": 128, "augment": [{"name": "crop_flip", "padding": 2}]})
+    other_aug = recipe(
+        tmp_path / "b",
+        cache={"path": path},
+        data={"name": "digits", "batch_size": 128, "augment": [{"name": "crop_flip", "padding": 2}]},
+    )
     with pytest.raises(KDLabError, match="stale or foreign: augmentation changed"):
         run_recipe(other_aug, quiet=True)
     other_teacher = recipe(tmp_path / "c", cache={"path": path}, seed=7)  # another init: other weights
     with pytest.raises(KDLabError, match="teacher weights changed"):
         run_recipe(other_teacher, quiet=True)
-    noisy = recipe(tmp_path / "d", cache={"path": path},
-                   data={"name": "digits", "batch_size": 128, "augment": [{"name": "crop_flip", "padding": 1}],
-                         "corruption": {"imbalance": {"ratio": 10}}})
+    noisy = recipe(
+        tmp_path / "d",
+        cache={"path": path},
+        data={
+            "name": "digits",
+            "batch_size": 128,
+            "augment": [{"name": "crop_flip", "padding": 1}],
+            "corruption": {"imbalance": {"ratio": 10}},
+        },
+    )
     with pytest.raises(KDLabError, match="training inputs changed"):
         run_recipe(noisy, quiet=True)
 
@@ -220,8 +232,11 @@ def test_a_cache_only_teacher_serves_logit_methods_and_refuses_live_needs_by_nam
     bss = recipe(tmp_path / "bss", teacher=only, **{"objective": {"ce": {}, "bss": {}}})
     with pytest.raises(KDLabError, match="term 'bss' runs the teacher on new inputs"):
         run_recipe(bss, quiet=True)
-    fit = recipe(tmp_path / "fit", teacher=only, **{"objective": {"ce": {}, "fitnet": {"student_layer": "@stage1",
-                                                                                           "teacher_layer": "@stage1"}}})
+    fit = recipe(
+        tmp_path / "fit",
+        teacher=only,
+        **{"objective": {"ce": {}, "fitnet": {"student_layer": "@stage1", "teacher_layer": "@stage1"}}},
+    )
     with pytest.raises(KDLabError, match="term 'fitnet' needs teacher features"):
         run_recipe(fit, quiet=True)
 
@@ -238,6 +253,7 @@ def _token_data():
     from kdlab.registry import DATASETS
 
     if "test_tokens" not in DATASETS:
+
         @DATASETS.register("test_tokens")
         def _tokens() -> Dataset:
             g = torch.Generator().manual_seed(0)
@@ -250,12 +266,20 @@ def test_token_id_inputs_are_cached_unchanged(tmp_path):
     """Text: integer inputs are neither cast nor augmented; the cached run equals the live one (fp32)."""
     _token_data()
     model = {"name": "bag_of_embeddings", "kwargs": {"vocab_size": 50, "pad_id": 0}}
-    base = {"name": "kd", "out": str(tmp_path), "seed": 0, "data": {"name": "test_tokens", "batch_size": 32},
-            "student": model, "objective": {"ce": {"weight": 0.1}, "kd": {}},
-            "schedule": {"epochs": 2, "milestones": []}, "train": {"tensorboard": False}}
+    base = {
+        "name": "kd",
+        "out": str(tmp_path),
+        "seed": 0,
+        "data": {"name": "test_tokens", "batch_size": 32},
+        "student": model,
+        "objective": {"ce": {"weight": 0.1}, "kd": {}},
+        "schedule": {"epochs": 2, "milestones": []},
+        "train": {"tensorboard": False},
+    }
     live = load_recipe({**base, "out": str(tmp_path / "live"), "teacher": {"model": model}})
-    cached = load_recipe({**base, "out": str(tmp_path / "cached"),
-                          "teacher": {"model": model, "cache": {"dtype": "fp32"}}})
+    cached = load_recipe(
+        {**base, "out": str(tmp_path / "cached"), "teacher": {"model": model, "cache": {"dtype": "fp32"}}}
+    )
     run_recipe(live, quiet=True)
     run_recipe(cached, quiet=True)
     assert same(weights(tmp_path / "live" / "kd" / "seed0"), weights(tmp_path / "cached" / "kd" / "seed0"))
@@ -265,8 +289,13 @@ def test_a_feature_method_on_a_view_gets_live_features_while_the_clean_batch_rea
     """FitNet + mixup with a cache storing the tap: the clean batch's teacher features come from the cache,
     the mixed batch's from the live teacher (which must capture the tap too)."""
     fit = {"ce": {}, "fitnet": {"student_layer": "@stage1", "teacher_layer": "@stage1"}}
-    r = recipe(tmp_path, model="smallcnn", cache={"taps": ["@stage1"], "dtype": "fp32"}, objective=fit,
-               views=[{"name": "mixup"}])
+    r = recipe(
+        tmp_path,
+        model="smallcnn",
+        cache={"taps": ["@stage1"], "dtype": "fp32"},
+        objective=fit,
+        views=[{"name": "mixup"}],
+    )
     s = run_recipe(r, quiet=True)
     rec = json.loads((tmp_path / "kd" / "seed1" / "metrics.jsonl").read_text().splitlines()[-1])
     assert s["status"] == "finished" and np.isfinite(rec["train/mixup/fitnet"])
@@ -274,10 +303,19 @@ def test_a_feature_method_on_a_view_gets_live_features_while_the_clean_batch_rea
 
 
 def test_a_missing_cache_folder_is_said_before_the_teacher_trains_and_errors_name_one_branch(tmp_path):
-    r = load_recipe({"name": "kd", "out": str(tmp_path), "student": "smallcnn",
-                     "teacher": {"run": str(tmp_path / "t"), "recipe": "recipes/digits/teacher.yaml",
-                                 "cache": {"path": str(tmp_path / "nowhere")}},
-                     "objective": {"kd": {}}})
+    r = load_recipe(
+        {
+            "name": "kd",
+            "out": str(tmp_path),
+            "student": "smallcnn",
+            "teacher": {
+                "run": str(tmp_path / "t"),
+                "recipe": "recipes/digits/teacher.yaml",
+                "cache": {"path": str(tmp_path / "nowhere")},
+            },
+            "objective": {"kd": {}},
+        }
+    )
     with pytest.raises(KDLabError, match="nowhere is not a teacher cache"):
         run_recipe(r, quiet=True)
     assert not (tmp_path / "t").exists()  # nothing was trained on the way

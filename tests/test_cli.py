@@ -21,7 +21,8 @@ def test_run_report_export(tmp_path, capsys, monkeypatch):
     (tmp_path / "pair.yaml").write_text(
         "name: ce\ndata: {name: digits, batch_size: 256}\nstudent: {name: smallcnn, kwargs: {width: 0.25}}\n"
         "teacher: {model: {name: smallcnn, kwargs: {width: 0.5}}}\nschedule: {epochs: 1}\n"
-        "train: {tensorboard: false}\n")
+        "train: {tensorboard: false}\n"
+    )
     (tmp_path / "kd.yaml").write_text("name: kd\nobjective: {ce: {weight: 0.1}, kd: {}}\n")
     assert main(["run", "pair.yaml", "kd.yaml", "objective.kd.tau=2", "--seeds", "0,1", "--out", "runs"]) == 0
     for seed in (0, 1):
@@ -35,11 +36,14 @@ def test_run_report_export(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "runs" / "kd" / "seed0" / "summary.json").read_text())["status"] == "finished"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "missing.yaml"], "recipe file not found"),
-    (["run"], "needs at least one RECIPE"),
-    (["report", "nowhere"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "missing.yaml"], "recipe file not found"),
+        (["run"], "needs at least one RECIPE"),
+        (["report", "nowhere"], "does not exist"),
+    ],
+)
 def test_errors_are_one_line_with_exit_status_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

@@ -97,8 +97,13 @@ def test_asymmetric_default_maps_by_class_names():
     m, conv = asymmetric_map(10, CIFAR10_NAMES)
     assert conv == "cifar10-patrini"
     n = {name: i for i, name in enumerate(CIFAR10_NAMES)}
-    assert m == {n["truck"]: n["automobile"], n["bird"]: n["airplane"], n["deer"]: n["horse"],
-                 n["cat"]: n["dog"], n["dog"]: n["cat"]}
+    assert m == {
+        n["truck"]: n["automobile"],
+        n["bird"]: n["airplane"],
+        n["deer"]: n["horse"],
+        n["cat"]: n["dog"],
+        n["dog"]: n["cat"],
+    }
     # a differently ordered class list maps by name, not by index
     names = list(reversed(CIFAR10_NAMES))
     m2, _ = asymmetric_map(10, names)

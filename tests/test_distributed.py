@@ -13,8 +13,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from kdlab.data.base import Split
-from kdlab.engine import checkpoint as ckpt
 from kdlab.data.loader import make_loader
+from kdlab.engine import checkpoint as ckpt
 
 
 def state_hash(state: dict) -> str:
@@ -84,7 +84,9 @@ def test_torchrun_two_ranks_train_one_run_with_identical_weights(tmp_path):
     except ImportError:
         pytest.skip("torchrun (torch.distributed.run) is not available")
     recipe = {
-        "name": "ddp", "out": str(tmp_path / "runs"), "seed": 3,
+        "name": "ddp",
+        "out": str(tmp_path / "runs"),
+        "seed": 3,
         "data": {"name": "digits", "batch_size": 128, "augment": [{"name": "crop", "padding": 1}]},
         "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
         "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
@@ -100,8 +102,16 @@ def test_torchrun_two_ranks_train_one_run_with_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(tmp_path / "train.py"), str(tmp_path / "recipe.json"), str(hashes)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        str(tmp_path / "train.py"),
+        str(tmp_path / "recipe.json"),
+        str(hashes),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=80)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -182,14 +192,22 @@ def _torchrun(tmp_path, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           str(tmp_path / "ddp.py"), *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        str(tmp_path / "ddp.py"),
+        *map(str, args),
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=80)
 
 
 @pytest.mark.skipif(not _gloo_ok(), reason="torch.distributed with the gloo backend is not available")
 def test_ddp_two_ranks_match_one_process_and_resume_bitwise(tmp_path, monkeypatch):
-    """2-rank DDP (KD + FitNet through a linear connector, the objective's trainable parameter) = one process over the union
+    """2-rank DDP (KD + FitNet through a linear connector, the objective's trainable parameter) = one process over the
+    union
     batches to fp32 summation-order tolerance (atol 1e-5 after 2 epochs); a crashed 2-rank run resumed under
     torchrun ends bitwise equal to the uninterrupted one; every rank holds the same students and connectors;
     FSDP2 (train.parallel: fsdp), crashed and resumed, ends where DDP does."""
@@ -197,18 +215,27 @@ def test_ddp_two_ranks_match_one_process_and_resume_bitwise(tmp_path, monkeypatc
         import torch.distributed.run  # noqa: F401
     except ImportError:
         pytest.skip("torchrun (torch.distributed.run) is not available")
-    from kdlab.engine import run_recipe, trainer as trainer_mod
+    from kdlab.engine import run_recipe
+    from kdlab.engine import trainer as trainer_mod
     from kdlab.recipe import load_recipe
 
     def recipe(out, batch, parallel="ddp"):
-        return {"name": "ddp", "out": str(tmp_path / out), "seed": 5,
-                "data": {"name": "digits", "batch_size": batch},
-                "student": {"name": "smallcnn", "kwargs": {"width": 0.25, "batch_norm": False}},
-                "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
-                "objective": {"ce": {"weight": 0.1}, "kd": {}, "fitnet": {"weight": 1.0, "student_layer": "flatten",
-                                                                     "teacher_layer": "flatten"}},
-                "schedule": {"epochs": 2}, "optim": {"lr": 0.1},
-                "train": {"tensorboard": False, "threads": 1, "progress": False, "parallel": parallel}}
+        return {
+            "name": "ddp",
+            "out": str(tmp_path / out),
+            "seed": 5,
+            "data": {"name": "digits", "batch_size": batch},
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25, "batch_norm": False}},
+            "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
+            "objective": {
+                "ce": {"weight": 0.1},
+                "kd": {},
+                "fitnet": {"weight": 1.0, "student_layer": "flatten", "teacher_layer": "flatten"},
+            },
+            "schedule": {"epochs": 2},
+            "optim": {"lr": 0.1},
+            "train": {"tensorboard": False, "threads": 1, "progress": False, "parallel": parallel},
+        }
 
     (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
     for name in ("full", "crashed", "fsdp"):
@@ -229,8 +256,10 @@ def test_ddp_two_ranks_match_one_process_and_resume_bitwise(tmp_path, monkeypatc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     full = tmp_path / "full" / "ddp" / "seed5"
-    h = {n: [json.loads((tmp_path / f"h_{n}" / f"rank{r}.json").read_text()) for r in (0, 1)]
-         for n in ("full", "crashed")}
+    h = {
+        n: [json.loads((tmp_path / f"h_{n}" / f"rank{r}.json").read_text()) for r in (0, 1)]
+        for n in ("full", "crashed")
+    }
     assert h["full"][0]["wrapped"] == "DistributedDataParallel"
     assert h["full"][0] == h["full"][1]  # students and connectors identical on both ranks
     assert h["crashed"][0] == h["full"][0] == h["crashed"][1]  # resumed = uninterrupted, bitwise
@@ -251,8 +280,10 @@ def test_ddp_two_ranks_match_one_process_and_resume_bitwise(tmp_path, monkeypatc
         if not shard:
             return real_loader(self, split, shuffle, shard)
         from kdlab.data import make_loader
-        return UnionLoader([make_loader(split, batch_size=64, shuffle=True, seed=self.recipe.seed, rank=r,
-                                        world=2) for r in (0, 1)])
+
+        return UnionLoader(
+            [make_loader(split, batch_size=64, shuffle=True, seed=self.recipe.seed, rank=r, world=2) for r in (0, 1)]
+        )
 
     monkeypatch.setattr(trainer_mod.Trainer, "_loader", union_loader)
     run_recipe(load_recipe(recipe("one", 128)), quiet=True)

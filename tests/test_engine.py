@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdlab.capture import Capture, probe_shapes
-from kdlab.engine import resume_run, run_recipe
 from kdlab.engine import checkpoint as ckpt
+from kdlab.engine import resume_run, run_recipe
 from kdlab.errors import KDLabError
 from kdlab.recipe import load_recipe
 from kdlab.teacher import Teacher
@@ -17,7 +17,9 @@ from kdlab.teacher import Teacher
 
 def tiny_recipe(out, **extra):
     data = {
-        "name": "kd", "out": str(out), "seed": 3,
+        "name": "kd",
+        "out": str(out),
+        "seed": 3,
         "data": {"name": "digits", "batch_size": 128, "augment": [{"name": "crop", "padding": 1}]},
         "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
         "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
@@ -41,13 +43,30 @@ class Crash:
 def test_run_folder_has_provenance_metrics_and_weights(tmp_path):
     s = run_recipe(tiny_recipe(tmp_path), quiet=True)
     d = tmp_path / "kd" / "seed3"
-    for f in ["recipe.yaml", "env.json", "metrics.jsonl", "checkpoint.safetensors", "student.safetensors",
-              "best.safetensors", "summary.json"]:
+    for f in [
+        "recipe.yaml",
+        "env.json",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "student.safetensors",
+        "best.safetensors",
+        "summary.json",
+    ]:
         assert (d / f).exists(), f
     lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert [r["global_epoch"] for r in lines] == [1, 2, 3, 4]
-    for key in ["train/loss", "train/kd", "train/ce", "test/top1", "test/top5", "test/nll", "test/ece",
-                "test/agree", "test/kl_ts", "lr"]:
+    for key in [
+        "train/loss",
+        "train/kd",
+        "train/ce",
+        "test/top1",
+        "test/top5",
+        "test/nll",
+        "test/ece",
+        "test/agree",
+        "test/kl_ts",
+        "lr",
+    ]:
         assert key in lines[-1], key
     assert lines[0]["lr"] == pytest.approx(0.05) and lines[-1]["lr"] == pytest.approx(0.005)
     assert s["final"]["test/top1"] == lines[-1]["test/top1"]

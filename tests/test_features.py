@@ -23,8 +23,11 @@ from kdlab.teacher import TeacherOutput
 
 SHAPES = {"mlp": (20,), "cnn1d": (2, 40), "smallcnn": (1, 8, 8)}
 # Vision models only: the text models (kdlab.models.hf) take token ids and are covered by tests/test_text.py.
-ZOO_NAMES = sorted(n for n in MODELS.names()
-                   if MODELS.get(n).__module__.startswith("kdlab.models") and MODELS.get(n).__module__ != "kdlab.models.hf")
+ZOO_NAMES = sorted(
+    n
+    for n in MODELS.names()
+    if MODELS.get(n).__module__.startswith("kdlab.models") and MODELS.get(n).__module__ != "kdlab.models.hf"
+)
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
@@ -54,8 +57,9 @@ def test_every_alias_resolves_and_stages_shrink(name):
 
 def test_vgg_stage_resolutions_strictly_decrease_at_64px():
     # at 32 px VGG's blocks 3 and 4 share a resolution (RepDistiller pools after block 3 only for 64 px)
-    shapes = probe_shapes(build_model("vgg8", num_classes=10, input_shape=(3, 64, 64)),
-                          [f"@stage{k}" for k in range(1, 5)], (3, 64, 64))
+    shapes = probe_shapes(
+        build_model("vgg8", num_classes=10, input_shape=(3, 64, 64)), [f"@stage{k}" for k in range(1, 5)], (3, 64, 64)
+    )
     res = [shapes[f"@stage{k}"][1] for k in range(1, 5)]
     assert res == sorted(res, reverse=True) and len(set(res)) == 4
 
@@ -68,10 +72,26 @@ def test_resnet_pre_stage_is_the_residual_sum():
 
 # ----------------------------------------------------------------------------------------------- harness
 
-S_SHAPES = {"@stem": (4, 8, 8), "@stage1": (6, 8, 8), "@stage2": (8, 4, 4), "@stage3": (8, 2, 2), "@last": (8, 2, 2),
-            "@pre_stage1": (6, 8, 8), "@pre_stage2": (8, 4, 4), "@pre_stage3": (8, 2, 2)}
-T_SHAPES = {"@stem": (5, 8, 8), "@stage1": (10, 8, 8), "@stage2": (12, 4, 4), "@stage3": (16, 2, 2), "@last": (16, 2, 2),
-            "@pre_stage1": (10, 8, 8), "@pre_stage2": (12, 4, 4), "@pre_stage3": (16, 2, 2)}
+S_SHAPES = {
+    "@stem": (4, 8, 8),
+    "@stage1": (6, 8, 8),
+    "@stage2": (8, 4, 4),
+    "@stage3": (8, 2, 2),
+    "@last": (8, 2, 2),
+    "@pre_stage1": (6, 8, 8),
+    "@pre_stage2": (8, 4, 4),
+    "@pre_stage3": (8, 2, 2),
+}
+T_SHAPES = {
+    "@stem": (5, 8, 8),
+    "@stage1": (10, 8, 8),
+    "@stage2": (12, 4, 4),
+    "@stage3": (16, 2, 2),
+    "@last": (16, 2, 2),
+    "@pre_stage1": (10, 8, 8),
+    "@pre_stage2": (12, 4, 4),
+    "@pre_stage3": (16, 2, 2),
+}
 INFO = SetupInfo(num_train=100, num_classes=5, input_shape=(3, 8, 8))
 NAMES = ["fitnet", "at", "nst", "vid", "fsp", "ab", "ft"]
 
@@ -80,8 +100,11 @@ def build(name, s_shapes=S_SHAPES, t_shapes=T_SHAPES, pretrained=True, **params)
     cls = TERMS.get(name)
     term = cls(cls.Params(**params))
     tp = term.taps()
-    term.setup({k: torch.Size(s_shapes[k]) for k in tp.student} | {"logits": torch.Size([5])},
-               {k: torch.Size(t_shapes[k]) for k in tp.teacher} | {"logits": torch.Size([5])}, INFO)
+    term.setup(
+        {k: torch.Size(s_shapes[k]) for k in tp.student} | {"logits": torch.Size([5])},
+        {k: torch.Size(t_shapes[k]) for k in tp.teacher} | {"logits": torch.Size([5])},
+        INFO,
+    )
     if name == "ft" and pretrained:  # FT's transfer mode warns when its paraphraser was never pre-trained
         term.pretrain_steps.fill_(1)
     return term
@@ -96,9 +119,14 @@ def feats(shapes, batch, gen, dtype=torch.float32, scale=1.0, zero=False):
 
 
 def context(s_feats, t_feats, batch=4):
-    return StepContext(x=torch.zeros(batch, 3, 8, 8), y=torch.zeros(batch, dtype=torch.long),
-                       idx=torch.arange(batch), s_logits=torch.zeros(batch, 5), s_feats=s_feats,
-                       teacher_outputs=[TeacherOutput(torch.zeros(batch, 5), t_feats)])
+    return StepContext(
+        x=torch.zeros(batch, 3, 8, 8),
+        y=torch.zeros(batch, dtype=torch.long),
+        idx=torch.arange(batch),
+        s_logits=torch.zeros(batch, 5),
+        s_feats=s_feats,
+        teacher_outputs=[TeacherOutput(torch.zeros(batch, 5), t_feats)],
+    )
 
 
 def avgpool(x, k):
@@ -107,7 +135,7 @@ def avgpool(x, k):
     out = torch.zeros(b, c, h // k, w // k, dtype=torch.float64)
     for i in range(h // k):
         for j in range(w // k):
-            out[:, :, i, j] = x[:, :, i * k:(i + 1) * k, j * k:(j + 1) * k].double().mean((2, 3))
+            out[:, :, i, j] = x[:, :, i * k : (i + 1) * k, j * k : (j + 1) * k].double().mean((2, 3))
     return out
 
 
@@ -129,12 +157,15 @@ def test_fitnet_is_mse_after_the_connector():
     assert TERMS.get("fitnet").Params().weight == 100.0
 
 
-@pytest.mark.parametrize("s_hw, t_hw, conv_type, kernel, stride", [
-    ((8, 8), (8, 8), nn.Conv2d, (1, 1), (1, 1)),           # equal resolution: 1x1
-    ((8, 8), (4, 4), nn.Conv2d, (3, 3), (2, 2)),           # student twice the teacher: stride-2 3x3
-    ((4, 4), (8, 8), nn.ConvTranspose2d, (4, 4), (2, 2)),  # student half the teacher: 4x4 transposed, stride 2
-    ((7, 6), (4, 4), nn.Conv2d, (4, 3), (1, 1)),           # otherwise: kernel n_s - n_t + 1 (Romero et al.)
-])
+@pytest.mark.parametrize(
+    "s_hw, t_hw, conv_type, kernel, stride",
+    [
+        ((8, 8), (8, 8), nn.Conv2d, (1, 1), (1, 1)),  # equal resolution: 1x1
+        ((8, 8), (4, 4), nn.Conv2d, (3, 3), (2, 2)),  # student twice the teacher: stride-2 3x3
+        ((4, 4), (8, 8), nn.ConvTranspose2d, (4, 4), (2, 2)),  # student half the teacher: 4x4 transposed, stride 2
+        ((7, 6), (4, 4), nn.Conv2d, (4, 3), (1, 1)),  # otherwise: kernel n_s - n_t + 1 (Romero et al.)
+    ],
+)
 def test_fitnet_default_regressor_is_repdistillers_convreg(s_hw, t_hw, conv_type, kernel, stride):
     s_shapes, t_shapes = {"@stage2": (6, *s_hw)}, {"@stage2": (10, *t_hw)}
     term = build("fitnet", s_shapes=s_shapes, t_shapes=t_shapes)
@@ -160,10 +191,16 @@ def reference_at(s, t, p=2.0):
         b, _, h, w = fs.shape
         acc = 0.0
         for i in range(b):
-            qs = [sum(abs(float(fs[i, c, y, x])) ** p for c in range(fs.shape[1])) / fs.shape[1]
-                  for y in range(h) for x in range(w)]
-            qt = [sum(abs(float(ft[i, c, y, x])) ** p for c in range(ft.shape[1])) / ft.shape[1]
-                  for y in range(h) for x in range(w)]
+            qs = [
+                sum(abs(float(fs[i, c, y, x])) ** p for c in range(fs.shape[1])) / fs.shape[1]
+                for y in range(h)
+                for x in range(w)
+            ]
+            qt = [
+                sum(abs(float(ft[i, c, y, x])) ** p for c in range(ft.shape[1])) / ft.shape[1]
+                for y in range(h)
+                for x in range(w)
+            ]
             ns, nt = math.sqrt(sum(v * v for v in qs)) or 1.0, math.sqrt(sum(v * v for v in qt)) or 1.0
             acc += sum((a / ns - c / nt) ** 2 for a, c in zip(qs, qt))
         total += acc / (b * h * w)
@@ -176,8 +213,9 @@ def test_at_matches_reference_with_pooling():
     t_shapes = {"@stage1": (6, 2, 2), "@stage2": (2, 4, 4), "@stage3": (4, 2, 2)}  # stage1: student 2x larger
     term = build("at", s_shapes, t_shapes)
     s, t = feats(s_shapes, 2, g), feats(t_shapes, 2, g)
-    want = reference_at([avgpool(s["@stage1"], 2), s["@stage2"], s["@stage3"]],
-                        [t["@stage1"], t["@stage2"], t["@stage3"]])
+    want = reference_at(
+        [avgpool(s["@stage1"], 2), s["@stage2"], s["@stage3"]], [t["@stage1"], t["@stage2"], t["@stage3"]]
+    )
     assert term(context(s, t, 2))["loss"].item() == pytest.approx(want, rel=1e-5)
     assert TERMS.get("at").Params().weight == 1000.0
 
@@ -187,7 +225,8 @@ def reference_nst(fs, ft):
     b = fs.shape[0]
     total = 0.0
     for i in range(b):
-        def unit(f):
+
+        def unit(f, i=i):
             rows = [f[i, c].double().flatten().tolist() for c in range(f.shape[1])]
             return [[v / (math.sqrt(sum(u * u for u in r)) or 1.0) for v in r] for r in rows]
 
@@ -323,8 +362,9 @@ def test_ft_pretrain_is_reconstruction_and_transfer_is_l1_of_normalised_factors(
     s, t = feats(S_SHAPES, 2, g), feats(T_SHAPES, 2, g)
     _, rec = pre.paraphraser(t["@last"])
     a, b = rec.double().flatten().tolist(), t["@last"].double().flatten().tolist()
-    assert pre(context(s, t, 2))["loss"].item() == pytest.approx(sum((x - y) ** 2 for x, y in zip(a, b)) / len(a),
-                                                                 rel=1e-5)
+    assert pre(context(s, t, 2))["loss"].item() == pytest.approx(
+        sum((x - y) ** 2 for x, y in zip(a, b)) / len(a), rel=1e-5
+    )
     pre.train()
     pre(context(s, t, 2))  # one training step counted: the transfer term will know it was pre-trained
     pre.eval()
@@ -340,8 +380,11 @@ def test_ft_pretrain_is_reconstruction_and_transfer_is_l1_of_normalised_factors(
     ft = pre.paraphraser.encoder(t["@last"]).double()
 
     def factor(f, i):  # channel mean of squares over (H, W), L2-normalised
-        q = [sum(f[i, c, y, x].item() ** 2 for c in range(f.shape[1])) / f.shape[1]
-             for y in range(f.shape[2]) for x in range(f.shape[3])]
+        q = [
+            sum(f[i, c, y, x].item() ** 2 for c in range(f.shape[1])) / f.shape[1]
+            for y in range(f.shape[2])
+            for x in range(f.shape[3])
+        ]
         nq = math.sqrt(sum(v * v for v in q)) or 1.0
         return [v / nq for v in q]
 
@@ -382,8 +425,9 @@ def test_gradients_reach_student_and_connectors_never_the_teacher(name):
     assert all(p.grad is None for p in teacher.parameters())
     trainable = [(n, p) for n, p in term.named_parameters() if p.requires_grad]
     assert bool(trainable) == (name not in ("at", "nst")), "connectors/heads are trainable; AT and NST have none"
-    assert all(p.grad is not None for n, p in trainable if not n.startswith("paraphraser")), \
-        [n for n, p in trainable if p.grad is None]
+    assert all(p.grad is not None for n, p in trainable if not n.startswith("paraphraser")), [
+        n for n, p in trainable if p.grad is None
+    ]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -420,8 +464,11 @@ def test_batch_of_one_and_all_zero_features(name):
 
 def test_at_of_identical_maps_is_zero_and_of_zero_maps_not_nan():
     x = torch.randn(2, 4, 4, 4)
-    term = build("at", {k: (4, 4, 4) for k in ("@stage1", "@stage2", "@stage3")},
-                 {k: (4, 4, 4) for k in ("@stage1", "@stage2", "@stage3")})
+    term = build(
+        "at",
+        {k: (4, 4, 4) for k in ("@stage1", "@stage2", "@stage3")},
+        {k: (4, 4, 4) for k in ("@stage1", "@stage2", "@stage3")},
+    )
     same_feats = {k: x for k in ("@stage1", "@stage2", "@stage3")}
     assert term(context(same_feats, same_feats, 2))["loss"].item() == pytest.approx(0.0, abs=1e-9)
     z = {k: torch.zeros(2, 4, 4, 4) for k in same_feats}
@@ -446,22 +493,36 @@ def test_two_stage_ft_run_carries_the_paraphraser_over(tmp_path):
     """Stage 1 pre-trains FT's paraphraser alone (student frozen); stage 2 trains the student with CE and every
     feature term. The paraphraser is the stage-1 one (carried over, then frozen)."""
     two = ["@stage1", "@stage2"]
-    recipe = load_recipe({
-        "name": "features", "out": str(tmp_path), "seed": 0,
-        "data": {"name": "digits", "batch_size": 256},
-        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
-        "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
-        "objective": {"ce": {}},
-        "schedule": {"epochs": 1},
-        "train": {"tensorboard": False},
-        "stages": [
-            {"name": "paraphrase", "epochs": 1, "trainable": [], "objective": {"ft": {"mode": "pretrain"}}},
-            {"name": "distill", "epochs": 1, "objective": {
-                "ce": {}, "ft": {}, "fitnet": {}, "at": {"layers": two}, "nst": {"layers": two},
-                "vid": {"layers": two}, "fsp": {"layers": two},
-                "ab": {"layers": ["@pre_stage1", "@pre_stage2"]}}},
-        ],
-    })
+    recipe = load_recipe(
+        {
+            "name": "features",
+            "out": str(tmp_path),
+            "seed": 0,
+            "data": {"name": "digits", "batch_size": 256},
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+            "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
+            "objective": {"ce": {}},
+            "schedule": {"epochs": 1},
+            "train": {"tensorboard": False},
+            "stages": [
+                {"name": "paraphrase", "epochs": 1, "trainable": [], "objective": {"ft": {"mode": "pretrain"}}},
+                {
+                    "name": "distill",
+                    "epochs": 1,
+                    "objective": {
+                        "ce": {},
+                        "ft": {},
+                        "fitnet": {},
+                        "at": {"layers": two},
+                        "nst": {"layers": two},
+                        "vid": {"layers": two},
+                        "fsp": {"layers": two},
+                        "ab": {"layers": ["@pre_stage1", "@pre_stage2"]},
+                    },
+                },
+            ],
+        }
+    )
     seen: dict = {}
 
     class Spy:
@@ -483,8 +544,11 @@ def test_two_stage_ft_run_carries_the_paraphraser_over(tmp_path):
     for k, v in seen["end_of_1"].items():  # carried over into the new stage's term, and frozen there
         assert torch.equal(v, seen["first_of_2"][k]) and torch.equal(v, seen["last_of_2"][k]), k
     # the student did not train in the paraphrase stage (`trainable: []`): its weights stay put (BN statistics move)
-    assert all(torch.equal(v, seen["student_end_1"][k]) for k, v in seen["student0"].items()
-               if "running" not in k and "num_batches" not in k)
+    assert all(
+        torch.equal(v, seen["student_end_1"][k])
+        for k, v in seen["student0"].items()
+        if "running" not in k and "num_batches" not in k
+    )
     (metrics,) = tmp_path.rglob("metrics.jsonl")
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     rec1 = next(r for r in records if r.get("stage") == "paraphrase")

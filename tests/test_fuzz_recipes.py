@@ -8,7 +8,6 @@ epoch of 40 training images with a tiny pre-trained teacher, so a valid mutation
 
 import copy
 import os
-import json
 import random
 from pathlib import Path
 
@@ -19,8 +18,11 @@ from kdlab.cli import main
 from kdlab.recipe import merge_files
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = sorted(p for p in (ROOT / "recipes" / "methods").glob("*.yaml") if p.stem in {
-    "kd", "dkd", "dist", "at", "fitnet", "rkd", "crd", "kd_tlmixup", "dml", "sp", "pkt", "nst"})
+METHODS = sorted(
+    p
+    for p in (ROOT / "recipes" / "methods").glob("*.yaml")
+    if p.stem in {"kd", "dkd", "dist", "at", "fitnet", "rkd", "crd", "kd_tlmixup", "dml", "sp", "pkt", "nst"}
+)
 JUNK = [-1, 0, 0.5, 1e20, "5e-1", "abc", None, [], {}, True, float("inf"), "../x", "/abs", 3.7, {"name": 1}]
 KEEP = ("schedule.epochs", "schedule.multiplier", "epochs", "train_subset", "out", "train.device", "threads")
 CASES = int(os.environ.get("KDLAB_FUZZ_CASES", "30"))  # more for a deeper local search
@@ -66,10 +68,18 @@ def _mutate(data: dict, rng: random.Random) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
-    (out / "t.yaml").write_text(yaml.safe_dump({
-        "name": "t", "out": str(out / "runs"), "data": {"name": "digits", "kwargs": {"train_subset": 40}},
-        "student": {"name": "smallcnn", "kwargs": {"width": 0.5}}, "schedule": {"epochs": 1},
-        "train": {"tensorboard": False, "precision": "fp32"}}))
+    (out / "t.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "out": str(out / "runs"),
+                "data": {"name": "digits", "kwargs": {"train_subset": 40}},
+                "student": {"name": "smallcnn", "kwargs": {"width": 0.5}},
+                "schedule": {"epochs": 1},
+                "train": {"tensorboard": False, "precision": "fp32"},
+            }
+        )
+    )
     assert main(["run", str(out / "t.yaml")]) == 0
     return out / "runs" / "t" / "seed0"
 

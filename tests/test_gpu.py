@@ -10,21 +10,31 @@ import torch
 from kdlab.engine import run_recipe
 from kdlab.recipe import load_recipe
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def recipe(out, teacher="live", **train):
     t = {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}}
     if teacher == "cached":
         t["cache"] = {"views": 2}
-    return load_recipe({
-        "name": f"gpu-{teacher}", "out": str(out), "seed": 0,
-        "data": {"name": "digits", "batch_size": 64, "drop_last": True, "augment": [{"name": "crop", "padding": 1}]},
-        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}}, "teacher": t,
-        "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4}},
-        "schedule": {"epochs": 2}, "train": {"device": "cuda", "tensorboard": False, "progress": False, **train},
-    })
+    return load_recipe(
+        {
+            "name": f"gpu-{teacher}",
+            "out": str(out),
+            "seed": 0,
+            "data": {
+                "name": "digits",
+                "batch_size": 64,
+                "drop_last": True,
+                "augment": [{"name": "crop", "padding": 1}],
+            },
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+            "teacher": t,
+            "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4}},
+            "schedule": {"epochs": 2},
+            "train": {"device": "cuda", "tensorboard": False, "progress": False, **train},
+        }
+    )
 
 
 class SyncErrors:
@@ -71,4 +81,6 @@ def test_seeds_together_on_one_gpu(tmp_path):
     out = run_together(recipes, quiet=True)
     assert [r["status"] for r in out] == ["finished", "finished"]
     alone = run_recipe(recipes[0].model_copy(update={"out": str(tmp_path / "alone")}), quiet=True)
-    assert alone["final"]["test/top1"] == pytest.approx(out[0]["final"]["test/top1"], abs=0.05)  # GPU kernels: not bitwise
+    assert alone["final"]["test/top1"] == pytest.approx(
+        out[0]["final"]["test/top1"], abs=0.05
+    )  # GPU kernels: not bitwise

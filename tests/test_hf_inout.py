@@ -23,8 +23,16 @@ L, VOCAB = 12, 40
 def _config(**kw):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=32, pad_token_id=0, **kw)
+    return BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        **kw,
+    )
 
 
 def _ids(n=6, seed=0):
@@ -32,7 +40,7 @@ def _ids(n=6, seed=0):
     ids = torch.randint(1, VOCAB, (n, L), generator=g)
     for i in range(n):  # different amounts of padding at the end
         if i:
-            ids[i, L - i:] = 0
+            ids[i, L - i :] = 0
     return ids
 
 
@@ -100,8 +108,9 @@ def test_label_count_and_missing_weights_are_one_line_errors(classifier_dir, tmp
     state = load_file(str(broken / "model.safetensors"))
     head = [k for k in state if "classifier" in k]
     assert head
-    save_file({k: v for k, v in state.items() if k not in head}, str(broken / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in state.items() if k not in head}, str(broken / "model.safetensors"), metadata={"format": "pt"}
+    )
     with pytest.raises(KDLabError, match=r"trained sequence classifier but 2 of its weights are missing .*classifier"):
         build_model("hf_classifier", num_classes=3, input_shape=(L,), path=str(broken))
 
@@ -116,8 +125,10 @@ def test_an_encoder_folder_with_head_hf_says_the_head_is_new(tmp_path):
     assert m.head_mode == "hf" and m(_ids()).shape == (6, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # kdlab's own head on an encoder: expected, silent
-        assert build_model("hf_classifier", num_classes=4, input_shape=(L,), path=str(tmp_path / "enc")).head_mode \
+        assert (
+            build_model("hf_classifier", num_classes=4, input_shape=(L,), path=str(tmp_path / "enc")).head_mode
             == "kdlab"
+        )
 
 
 def test_save_pretrained_round_trip_gives_the_same_logits(classifier_dir, tmp_path):
@@ -149,11 +160,13 @@ def test_a_transformers_model_from_a_factory_is_a_kdlab_model(tmp_path, monkeypa
         "from transformers import BertConfig, BertForSequenceClassification, BertModel\n"
         "def make(num_classes, vocab=40):\n"
         "    cfg = BertConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,\n"
-        "                     intermediate_size=32, max_position_embeddings=32, pad_token_id=0, num_labels=num_classes)\n"
+        "                     intermediate_size=32, max_position_embeddings=32, pad_token_id=0,"
+        " num_labels=num_classes)\n"
         "    return BertForSequenceClassification(cfg)\n"
         "def encoder():\n"
         "    return BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,\n"
-        "                                intermediate_size=32, max_position_embeddings=32, pad_token_id=0))\n")
+        "                                intermediate_size=32, max_position_embeddings=32, pad_token_id=0))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_hf_models", raising=False)
     torch.manual_seed(0)
@@ -196,16 +209,23 @@ def test_kdlab_export_format_hf_of_a_trained_text_student(classifier_dir, tmp_pa
     texts = [" ".join(words[int(j)] for j in torch.randint(0, len(words), (6,), generator=g)) for _ in range(30)]
     hfds.Dataset.from_dict({"text": texts, "label": [i % 3 for i in range(30)]}).save_to_disk(str(tmp_path / "d"))
     path, _ = classifier_dir
-    recipe = load_recipe({
-        "name": "hfkd", "out": str(tmp_path / "runs"),
-        "data": {"name": "hf_disk", "kwargs": {"root": str(tmp_path / "d"), "tokenizer": str(tmp_path / "enc"),
-                                               "max_length": L}, "batch_size": 8},
-        "student": {"name": "hf_classifier", "kwargs": {"path": str(tmp_path / "enc"), "head": "hf"}},
-        "teacher": {"model": {"name": "hf_classifier", "kwargs": {"path": str(path)}}},
-        "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4.0}},
-        "optim": {"name": "adamw", "lr": 1e-3}, "schedule": {"epochs": 1, "name": "constant"},
-        "train": {"tensorboard": False},
-    })
+    recipe = load_recipe(
+        {
+            "name": "hfkd",
+            "out": str(tmp_path / "runs"),
+            "data": {
+                "name": "hf_disk",
+                "kwargs": {"root": str(tmp_path / "d"), "tokenizer": str(tmp_path / "enc"), "max_length": L},
+                "batch_size": 8,
+            },
+            "student": {"name": "hf_classifier", "kwargs": {"path": str(tmp_path / "enc"), "head": "hf"}},
+            "teacher": {"model": {"name": "hf_classifier", "kwargs": {"path": str(path)}}},
+            "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4.0}},
+            "optim": {"name": "adamw", "lr": 1e-3},
+            "schedule": {"epochs": 1, "name": "constant"},
+            "train": {"tensorboard": False},
+        }
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the student's new head is announced; expected here
         summary = run_recipe(recipe, quiet=True)

@@ -29,6 +29,7 @@ class SyncCounter:
                 where = traceback.extract_stack(limit=4)[-2]
                 self.calls.append(f"{name} at {where.filename.rsplit('/', 2)[-1]}:{where.lineno}")
             return real(t, *args, **kwargs)
+
         return counted
 
 
@@ -54,13 +55,19 @@ def test_kd_steps_read_nothing_back_between_logging_points(tmp_path, monkeypatch
     t = {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}}
     if teacher == "cached":
         t["cache"] = {"views": 2}  # built on first use under $KDLAB_CACHE (a temporary folder in the tests)
-    recipe = load_recipe({
-        "name": "sync", "out": str(tmp_path), "seed": 0,
-        "data": {"name": "digits", "batch_size": 64, "augment": [{"name": "crop", "padding": 1}]},
-        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}}, "teacher": t,
-        "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4}},
-        "schedule": {"epochs": 1}, "train": {"tensorboard": False, "progress": False, "grad_clip": 5.0},
-    })
+    recipe = load_recipe(
+        {
+            "name": "sync",
+            "out": str(tmp_path),
+            "seed": 0,
+            "data": {"name": "digits", "batch_size": 64, "augment": [{"name": "crop", "padding": 1}]},
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+            "teacher": t,
+            "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4}},
+            "schedule": {"epochs": 1},
+            "train": {"tensorboard": False, "progress": False, "grad_clip": 5.0},
+        }
+    )
     counter = SyncCounter(monkeypatch)
     counter.on = True  # the patch sees reads
     float(torch.ones(()) * 2), torch.ones(2).tolist()

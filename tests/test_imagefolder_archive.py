@@ -125,8 +125,9 @@ def test_grayscale_stays_grayscale_unless_told(tmp_path):
     assert a.input_shape == (1, 16, 16) and torch.equal(a.train.x, g.train.x)
     s = build_dataset("imagefolder", root=str(plain), stream=True)
     assert s.input_shape == (1, 16, 16)
-    colour = build_dataset("imagefolder", root=str(_unpack({**_members("train", 1), **_members("val", 1)},
-                                                           tmp_path / "rgb")))
+    colour = build_dataset(
+        "imagefolder", root=str(_unpack({**_members("train", 1), **_members("val", 1)}, tmp_path / "rgb"))
+    )
     assert colour.input_shape == (3, 8, 8)
 
 

@@ -4,9 +4,9 @@ import math
 
 import numpy as np
 import pytest
-import yaml
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import load_file
 
 from kdlab.capture import Capture
@@ -32,14 +32,20 @@ def _resnet8(seed=0):
 def _with_layer(alpha, templates=32, seed=0):
     m = _resnet8(seed)
     torch.manual_seed(123)
-    return insert_layers(m, [InsertSpec(at="@last", layer="letkd", kwargs={"templates": templates, "alpha": alpha})],
-                         input_shape=(3, 16, 16), num_classes=10)
+    return insert_layers(
+        m,
+        [InsertSpec(at="@last", layer="letkd", kwargs={"templates": templates, "alpha": alpha})],
+        input_shape=(3, 16, 16),
+        num_classes=10,
+    )
 
 
 def _copy_into_inserted(base, model):
     """The unmodified student's weights into the student with a layer at layer3 (layer3.* -> layer3.inner.*)."""
-    sd = {(("layer3.inner." + k[len("layer3."):]) if k.startswith("layer3.") else k): v
-          for k, v in base.state_dict().items()}
+    sd = {
+        (("layer3.inner." + k[len("layer3.") :]) if k.startswith("layer3.") else k): v
+        for k, v in base.state_dict().items()
+    }
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert not unexpected and all(k.startswith("layer3.layer.") for k in missing)
 
@@ -102,24 +108,42 @@ def test_gradients_reach_every_layer_parameter_and_not_the_teacher():
     term = LetKDPenult(LetKDPenult.Params(student_layer="layer3", teacher_layer="@last"))
     s_cap, t_cap = Capture(model, term.taps().student), Capture(teacher, term.taps().teacher)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
-    term.setup({"layer3.layer.scores": torch.Size([32, 4, 4])}, {"@last": torch.Size([64, 4, 4])},
-               SetupInfo(num_train=8, num_classes=10, input_shape=(3, 16, 16)))
+    term.setup(
+        {"layer3.layer.scores": torch.Size([32, 4, 4])},
+        {"@last": torch.Size([64, 4, 4])},
+        SetupInfo(num_train=8, num_classes=10, input_shape=(3, 16, 16)),
+    )
     term.centres.copy_(torch.randn(32, 64))
     t_logits = teacher(x)
-    ctx = StepContext(x=x, y=y, idx=torch.arange(8), s_logits=model(x), s_feats=s_cap.pop(),
-                      teacher_outputs=[TeacherOutput(t_logits, t_cap.pop())])
+    ctx = StepContext(
+        x=x,
+        y=y,
+        idx=torch.arange(8),
+        s_logits=model(x),
+        s_feats=s_cap.pop(),
+        teacher_outputs=[TeacherOutput(t_logits, t_cap.pop())],
+    )
     loss = F.cross_entropy(ctx.s_logits, y) + term(ctx)["loss"]
     loss.backward()
     layer = model.layer3.layer
-    for name, p in [("W1", layer.scores.weight), ("s1", layer.scores.scale), ("W2", layer.value.weight),
-                    ("s2", layer.value.scale), ("bn.gamma", layer.bn.weight), ("bn.beta", layer.bn.bias)]:
+    for name, p in [
+        ("W1", layer.scores.weight),
+        ("s1", layer.scores.scale),
+        ("W2", layer.value.weight),
+        ("s2", layer.value.scale),
+        ("bn.gamma", layer.bn.weight),
+        ("bn.beta", layer.bn.bias),
+    ]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(p.grad is None for p in teacher.parameters())
     # the KL alone reaches only the scores (W1, s1) and the student below the layer
     model.zero_grad(set_to_none=True)
     model(x)
-    term(StepContext(x=x, y=y, idx=torch.arange(8), s_logits=t_logits, s_feats=s_cap.pop(), teacher_outputs=ctx.teacher_outputs)
-         )["loss"].backward()
+    term(
+        StepContext(
+            x=x, y=y, idx=torch.arange(8), s_logits=t_logits, s_feats=s_cap.pop(), teacher_outputs=ctx.teacher_outputs
+        )
+    )["loss"].backward()
     assert layer.scores.weight.grad.abs().sum() > 0 and layer.value.weight.grad is None
     assert model.layer3.inner[0].conv2.weight.grad.abs().sum() > 0 and model.fc.weight.grad is None
     s_cap.remove(), t_cap.remove()
@@ -190,13 +214,17 @@ def test_subclass_fit_matches_an_independent_recomputation():
     counts = np.zeros((12, 12))
     for i in range(len(z)):
         c = int(y[i])
-        own = ((z[i] - cen[c * 3:(c + 1) * 3]) ** 2).sum(1)
+        own = ((z[i] - cen[c * 3 : (c + 1) * 3]) ** 2).sum(1)
         m = c * 3 + int(own.argmin())  # membership: nearest own-class centre == the per-class k-means label
         n = int(((z[i] - pro) ** 2).sum(1).argmin())  # nearest prototype, no label mask
         counts[m, n] += 1
     assert np.allclose(counts.sum(1), fit["counts"].numpy())
-    member = np.array([int(y[i]) * 3 + int(((z[i] - cen[int(y[i]) * 3:int(y[i]) * 3 + 3]) ** 2).sum(1).argmin())
-                       for i in range(len(z))])
+    member = np.array(
+        [
+            int(y[i]) * 3 + int(((z[i] - cen[int(y[i]) * 3 : int(y[i]) * 3 + 3]) ** 2).sum(1).argmin())
+            for i in range(len(z))
+        ]
+    )
     for k in range(12):  # prototypes are the member means (in LDA space)
         if (member == k).any():
             assert np.allclose(pro[k], z[member == k].mean(0), atol=1e-4)
@@ -234,20 +262,28 @@ def _kl_rows(p, a):
 def test_penultimate_kl_equals_the_formula_with_2x2_teacher_pooling():
     torch.manual_seed(0)
     term = LetKDPenult(LetKDPenult.Params(student_layer="s", teacher_layer="t", tau=0.5))
-    term.setup({"s.layer.scores": torch.Size([5, 2, 2])}, {"t": torch.Size([3, 4, 4])},
-               SetupInfo(num_train=1, num_classes=10, input_shape=(1, 8, 8)))
+    term.setup(
+        {"s.layer.scores": torch.Size([5, 2, 2])},
+        {"t": torch.Size([3, 4, 4])},
+        SetupInfo(num_train=1, num_classes=10, input_shape=(1, 8, 8)),
+    )
     rho = torch.randn(5, 3)
     term.centres.copy_(rho)
     a, f = torch.randn(2, 5, 2, 2), torch.randn(2, 3, 4, 4)
-    ctx = StepContext(x=a, y=torch.zeros(2, dtype=torch.long), idx=torch.arange(2), s_logits=a,
-                      s_feats={"s.layer.scores": a},
-                      teacher_outputs=[TeacherOutput(None, {"t": f})])
+    ctx = StepContext(
+        x=a,
+        y=torch.zeros(2, dtype=torch.long),
+        idx=torch.arange(2),
+        s_logits=a,
+        s_feats={"s.layer.scores": a},
+        teacher_outputs=[TeacherOutput(None, {"t": f})],
+    )
     got = float(term(ctx)["loss"])
     kls = []
     for b in range(2):
         for i in range(2):
             for j in range(2):
-                ft = f[b, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].double().mean((1, 2))  # 2x2 average pool
+                ft = f[b, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].double().mean((1, 2))  # 2x2 average pool
                 d = [float(((ft - rho[k].double()) ** 2).sum()) for k in range(5)]
                 e = [math.exp(-0.5 * v) for v in d]
                 p = torch.tensor([v / sum(e) for v in e])
@@ -259,16 +295,25 @@ def test_intermediate_kl_uses_the_label_masked_nearest_centre_row_of_s_T():
     torch.manual_seed(1)
     classes, per = 3, 2
     term = LetKDInter(LetKDInter.Params(student_layer="s", teacher_layer="t", lda_components=2))
-    term.setup({"s.layer.scores": torch.Size([6, 2, 2])}, {"t": torch.Size([4, 2, 2])},
-               SetupInfo(num_train=1, num_classes=classes, input_shape=(1, 8, 8)))
+    term.setup(
+        {"s.layer.scores": torch.Size([6, 2, 2])},
+        {"t": torch.Size([4, 2, 2])},
+        SetupInfo(num_train=1, num_classes=classes, input_shape=(1, 8, 8)),
+    )
     mean, w, cen = torch.randn(4), torch.randn(4, 2), torch.randn(6, 2)
     s_t = torch.softmax(torch.randn(6, 6), 1)
     s_t[0] = torch.tensor([0.5, 0.5, 0, 0, 0, 0])  # zeros in a target row contribute nothing
     for k, v in {"lda_mean": mean, "lda_w": w, "centres": cen, "s_T": s_t}.items():
         getattr(term, k).copy_(v)
     a, f, y = torch.randn(3, 6, 2, 2), torch.randn(3, 4, 2, 2), torch.tensor([0, 2, 1])
-    ctx = StepContext(x=a, y=y, idx=torch.arange(3), s_logits=a, s_feats={"s.layer.scores": a},
-                      teacher_outputs=[TeacherOutput(None, {"t": f})])
+    ctx = StepContext(
+        x=a,
+        y=y,
+        idx=torch.arange(3),
+        s_logits=a,
+        s_feats={"s.layer.scores": a},
+        teacher_outputs=[TeacherOutput(None, {"t": f})],
+    )
     got = float(term(ctx)["loss"])
     kls = []
     for b in range(3):
@@ -288,7 +333,9 @@ def test_intermediate_kl_uses_the_label_masked_nearest_centre_row_of_s_T():
 def _digits_letkd2(out, epochs=1):
     """recipes/digits/letkd2.yaml merged over a 300-image digits base with an (untrained) in-memory teacher."""
     base = {
-        "name": "ce", "out": str(out), "seed": 1,
+        "name": "ce",
+        "out": str(out),
+        "seed": 1,
         "data": {"name": "digits", "batch_size": 128, "kwargs": {"train_subset": 300}},
         "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
         "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
@@ -347,8 +394,9 @@ def test_cached_templates_are_reused_on_resume(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_recipe(_digits_letkd2(tmp_path / "b", epochs=2), callbacks=[_Crash()], quiet=True)
     b = tmp_path / "b" / "letkd2" / "seed1"
-    before = {f: load_file(str(b / f)) for f in ("templates-letkd_penult.safetensors",
-                                                "templates-letkd_inter.safetensors")}
+    before = {
+        f: load_file(str(b / f)) for f in ("templates-letkd_penult.safetensors", "templates-letkd_inter.safetensors")
+    }
 
     def refit(*a, **k):
         raise AssertionError("templates refitted instead of reloaded")
@@ -388,8 +436,11 @@ def test_combines_with_fitnet(tmp_path):
     r = _digits_letkd2(tmp_path)
     rec = r.model_dump()
     rec["student"]["insert"] = rec["student"]["insert"][1:]  # the penultimate layer only
-    rec["objective"] = {"ce": {}, "fitnet": {"student_layer": "@stage1", "teacher_layer": "@stage1"},
-                        "letkd_penult": {"student_layer": "relu2", "target_entropy": 1.5}}
+    rec["objective"] = {
+        "ce": {},
+        "fitnet": {"student_layer": "@stage1", "teacher_layer": "@stage1"},
+        "letkd_penult": {"student_layer": "relu2", "target_entropy": 1.5},
+    }
     rec["name"] = "fitnet_letkd"
     run_recipe(load_recipe(rec), quiet=True)
     import json
@@ -401,16 +452,27 @@ def test_combines_with_fitnet(tmp_path):
 def test_cifar_method_recipe_runs_on_a_resnet_pair(tmp_path):
     """recipes/methods/letkd2.yaml as written (paths layer3.0 / layer3.inner.0 / layer3), on 8x8 digits with small
     resnets and digits-sized K, through the engine."""
-    base = {"name": "ce", "out": str(tmp_path), "seed": 0,
-            "data": {"name": "digits", "batch_size": 128, "kwargs": {"train_subset": 200}},
-            "student": {"name": "resnet8"}, "teacher": {"model": {"name": "resnet14"}},
-            "schedule": {"epochs": 1, "milestones": []}, "objective": {"ce": {}},
-            "train": {"tensorboard": False, "progress": False}}
+    base = {
+        "name": "ce",
+        "out": str(tmp_path),
+        "seed": 0,
+        "data": {"name": "digits", "batch_size": 128, "kwargs": {"train_subset": 200}},
+        "student": {"name": "resnet8"},
+        "teacher": {"model": {"name": "resnet14"}},
+        "schedule": {"epochs": 1, "milestones": []},
+        "objective": {"ce": {}},
+        "train": {"tensorboard": False, "progress": False},
+    }
     path = tmp_path / "base.yaml"
     path.write_text(yaml.safe_dump(base))
-    r = load_recipe([path, "recipes/methods/letkd2.yaml"],
-                    ["student.insert.0.kwargs.templates_per_class=2", "student.insert.1.kwargs.templates=16",
-                     "objective.letkd_inter.lda_components=9"])
+    r = load_recipe(
+        [path, "recipes/methods/letkd2.yaml"],
+        [
+            "student.insert.0.kwargs.templates_per_class=2",
+            "student.insert.1.kwargs.templates=16",
+            "objective.letkd_inter.lda_components=9",
+        ],
+    )
     run_recipe(r, quiet=True)
     d = tmp_path / "letkd2" / "seed0"
     inter = load_file(str(d / "templates-letkd_inter.safetensors"))

@@ -14,18 +14,28 @@ from kdlab.cli import main
 from kdlab.engine.lock import folder_lock, holder, lock_path
 from kdlab.errors import KDLabError
 
-TEACHER = ("name: teacher\nout: runs/teachers\ndata: {name: digits, batch_size: 128, kwargs: {train_subset: 300}}\n"
-           "student: {name: smallcnn, kwargs: {width: 0.5}}\nschedule: {epochs: 2}\ntrain: {tensorboard: false}\n")
-STUDENT = ("data: {name: digits, batch_size: 128, kwargs: {train_subset: 300}}\n"
-           "student: {name: smallcnn, kwargs: {width: 0.25}}\nschedule: {epochs: 1}\ntrain: {tensorboard: false}\n"
-           "teacher: {run: runs/teachers/teacher/seed0, recipe: teacher.yaml}\n"
-           "objective: {ce: {weight: 0.1}, kd: {}}\nout: runs\n")
+TEACHER = (
+    "name: teacher\nout: runs/teachers\ndata: {name: digits, batch_size: 128, kwargs: {train_subset: 300}}\n"
+    "student: {name: smallcnn, kwargs: {width: 0.5}}\nschedule: {epochs: 2}\ntrain: {tensorboard: false}\n"
+)
+STUDENT = (
+    "data: {name: digits, batch_size: 128, kwargs: {train_subset: 300}}\n"
+    "student: {name: smallcnn, kwargs: {width: 0.25}}\nschedule: {epochs: 1}\ntrain: {tensorboard: false}\n"
+    "teacher: {run: runs/teachers/teacher/seed0, recipe: teacher.yaml}\n"
+    "objective: {ce: {weight: 0.1}, kd: {}}\nout: runs\n"
+)
 
 
 def _kdlab(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "KDLAB_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "kdlab.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kdlab.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _epochs(run: Path) -> list[int]:
@@ -36,9 +46,8 @@ def test_lock_names_its_holder_and_is_reentrant(tmp_path):
     run = tmp_path / "runs" / "kd" / "seed0"
     other = _holder(run, 30)
     try:
-        with pytest.raises(KDLabError, match=rf"in use by pid {other.pid} on .*--wait"):
-            with folder_lock(run):
-                pass
+        with pytest.raises(KDLabError, match=rf"in use by pid {other.pid} on .*--wait"), folder_lock(run):
+            pass
         assert holder(run)["pid"] == other.pid
     finally:
         other.kill()
@@ -52,8 +61,10 @@ def test_lock_names_its_holder_and_is_reentrant(tmp_path):
 
 def _holder(run: Path, seconds: float) -> subprocess.Popen:
     """Another process that holds the run folder's lock for ``seconds`` (a live run, as far as locks go)."""
-    code = ("import time; from kdlab.engine.lock import folder_lock\n"
-            f"with folder_lock({str(run)!r}):\n    print('held', flush=True); time.sleep({seconds})\n")
+    code = (
+        "import time; from kdlab.engine.lock import folder_lock\n"
+        f"with folder_lock({str(run)!r}):\n    print('held', flush=True); time.sleep({seconds})\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -61,8 +72,11 @@ def _holder(run: Path, seconds: float) -> subprocess.Popen:
 
 def test_second_run_on_a_locked_folder_fails_in_one_line_or_waits(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text(STUDENT.replace("teacher: {run: runs/teachers/teacher/seed0, recipe: teacher.yaml}\n",
-                                                     "").replace("kd: {}", "ce2: {term: ce, weight: 0.9}"))
+    (tmp_path / "s.yaml").write_text(
+        STUDENT.replace("teacher: {run: runs/teachers/teacher/seed0, recipe: teacher.yaml}\n", "").replace(
+            "kd: {}", "ce2: {term: ce, weight: 0.9}"
+        )
+    )
     run = tmp_path / "runs" / "run" / "seed0"
     other = _holder(run, 3.0)
     try:

@@ -68,7 +68,8 @@ def pearson(a, b, eps=1e-8):
     ma, mb = sum(a) / len(a), sum(b) / len(b)
     da, db = [x - ma for x in a], [x - mb for x in b]
     return sum(x * y for x, y in zip(da, db)) / (
-        math.sqrt(sum(x * x for x in da)) * math.sqrt(sum(y * y for y in db)) + eps)
+        math.sqrt(sum(x * x for x in da)) * math.sqrt(sum(y * y for y in db)) + eps
+    )
 
 
 def ref_dist(s, t, tau, beta=1.0, gamma=1.0):
@@ -109,9 +110,17 @@ def ctx_for(s, t=None, y=None, *, teacher_outputs=None, peer_logits=None, epoch=
     y = torch.zeros(n, dtype=torch.long) if y is None else y
     if teacher_outputs is None:
         teacher_outputs = [TeacherOutput(t)] if t is not None else []
-    return StepContext(x=torch.zeros(n, 1), y=y, idx=torch.arange(n), s_logits=s, s_feats={},
-                       teacher_outputs=[TeacherOutput(x) if isinstance(x, torch.Tensor) else x for x in teacher_outputs],
-                       peer_logits=list(peer_logits or []), epoch=epoch, epochs=240)
+    return StepContext(
+        x=torch.zeros(n, 1),
+        y=y,
+        idx=torch.arange(n),
+        s_logits=s,
+        s_feats={},
+        teacher_outputs=[TeacherOutput(x) if isinstance(x, torch.Tensor) else x for x in teacher_outputs],
+        peer_logits=list(peer_logits or []),
+        epoch=epoch,
+        epochs=240,
+    )
 
 
 def logits(batch, classes, seed, scale=3.0):
@@ -142,8 +151,14 @@ IDS = ["dkd", "dist", "mlkd", "ls_kd", "kd+ls", "dkd+ls", "dist+ls", "mlkd+ls", 
 
 
 def test_registered_with_description_and_paper():
-    for name, paper in [("dkd", "Zhao"), ("dist", "Huang"), ("mlkd", "Jin"), ("ls_kd", "Sun"), ("mtkd", "You"),
-                        ("dml", "Zhang")]:
+    for name, paper in [
+        ("dkd", "Zhao"),
+        ("dist", "Huang"),
+        ("mlkd", "Jin"),
+        ("ls_kd", "Sun"),
+        ("mtkd", "You"),
+        ("dml", "Zhang"),
+    ]:
         e = TERMS.entry(name)
         assert e.description and paper in e.paper
     assert TERMS.get("dml").needs_teacher is False
@@ -309,8 +324,9 @@ def test_mlkd_warms_up_linearly_and_refuses_few_classes_with_several_temperature
 
 def test_mlkd_level_weights_and_temperatures():
     s, t = logits(4, 5, 15), logits(4, 5, 16)
-    out = MultiLevelKD(MultiLevelKD.Params(temperatures=[3.0], w_batch=0.0, w_class=2.0, level_scale="none",
-                                           warmup=0))(ctx_for(s, t))
+    out = MultiLevelKD(MultiLevelKD.Params(temperatures=[3.0], w_batch=0.0, w_class=2.0, level_scale="none", warmup=0))(
+        ctx_for(s, t)
+    )
     inst, _, cls = ref_mlkd(s, t, [3.0])
     assert out["instance"].item() == pytest.approx(inst, rel=1e-5)
     assert out["batch"].item() == 0.0
@@ -378,7 +394,9 @@ def test_mtkd_mean_probs_matches_reference():
 
 def test_mtkd_sum_kd_matches_reference_and_one_teacher_is_kd():
     s, t1, t2 = (logits(5, 6, k) for k in (25, 26, 27))
-    out = MultiTeacherKD(MultiTeacherKD.Params(reduce="sum_kd", weights=[0.3, 0.7]))(ctx_for(s, teacher_outputs=[t1, t2]))
+    out = MultiTeacherKD(MultiTeacherKD.Params(reduce="sum_kd", weights=[0.3, 0.7]))(
+        ctx_for(s, teacher_outputs=[t1, t2])
+    )
     assert set(out) == {"teacher0", "teacher1"}
     assert out["teacher0"].item() == pytest.approx(0.3 * ref_kd(s, t1, 4.0), rel=1e-5)
     assert out["teacher1"].item() == pytest.approx(0.7 * ref_kd(s, t2, 4.0), rel=1e-5)
@@ -427,7 +445,9 @@ def test_gradient_reaches_student_not_teacher(make):
     t = logits(6, 7, 34)
     t2 = logits(6, 7, 35)
     term = make()
-    ctx = ctx_for(s, teacher_outputs=[t, t2]) if isinstance(term, MultiTeacherKD) else ctx_for(s, t, torch.arange(6) % 7)
+    ctx = (
+        ctx_for(s, teacher_outputs=[t, t2]) if isinstance(term, MultiTeacherKD) else ctx_for(s, t, torch.arange(6) % 7)
+    )
     total(term(ctx)).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0 and torch.isfinite(s.grad).all()
     assert not t.requires_grad and t.grad is None
@@ -455,8 +475,10 @@ def test_finite_in_low_precision(make, dtype):
 def test_edge_shapes_and_identical_and_zero_logits_are_finite(make, batch, classes):
     term = make()
     y = torch.arange(batch) % classes
-    for s, t in [(logits(batch, classes, 38), logits(batch, classes, 39)),
-                 (torch.zeros(batch, classes), torch.zeros(batch, classes))]:
+    for s, t in [
+        (logits(batch, classes, 38), logits(batch, classes, 39)),
+        (torch.zeros(batch, classes), torch.zeros(batch, classes)),
+    ]:
         s = s.clone().requires_grad_()
         ctx = ctx_for(s, teacher_outputs=[t, t]) if isinstance(term, MultiTeacherKD) else ctx_for(s, t, y)
         out = term(ctx)
@@ -481,7 +503,9 @@ def smoke_recipe(out, objective, **extra):
     from kdlab.recipe import load_recipe
 
     data = {
-        "name": "smoke", "out": str(out), "seed": 0,
+        "name": "smoke",
+        "out": str(out),
+        "seed": 0,
         "data": {"name": "digits", "batch_size": 256},
         "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
         "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
@@ -508,21 +532,32 @@ def test_logit_terms_train_end_to_end(tmp_path):
             self.grads += [p.grad for p in trainer.teachers[0].model.parameters()]
 
     spy = Spy()
-    objective = {"ce": {"weight": 0.1}, "dkd": {}, "dist": {}, "mlkd": {}, "ls_kd": {},
-                 "kd": {"standardize": True}}
+    objective = {"ce": {"weight": 0.1}, "dkd": {}, "dist": {}, "mlkd": {}, "ls_kd": {}, "kd": {"standardize": True}}
     run_recipe(smoke_recipe(tmp_path, objective), callbacks=[spy], quiet=True)
     assert spy.grads and all(g is None for g in spy.grads)
     m = last_metrics(tmp_path)
-    for key in ["train/ce", "train/dkd/tckd", "train/dkd/nckd", "train/dist/inter", "train/dist/intra",
-                "train/mlkd/instance", "train/mlkd/batch", "train/mlkd/class", "train/ls_kd", "train/kd"]:
+    for key in [
+        "train/ce",
+        "train/dkd/tckd",
+        "train/dkd/nckd",
+        "train/dist/inter",
+        "train/dist/intra",
+        "train/mlkd/instance",
+        "train/mlkd/batch",
+        "train/mlkd/class",
+        "train/ls_kd",
+        "train/kd",
+    ]:
         assert key in m and math.isfinite(m[key]), key
 
 
 def test_multi_teacher_trains_end_to_end(tmp_path):
     from kdlab.engine import run_recipe
 
-    teachers = [{"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
-                {"model": {"name": "smallcnn", "kwargs": {"width": 0.25}}}]
+    teachers = [
+        {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
+        {"model": {"name": "smallcnn", "kwargs": {"width": 0.25}}},
+    ]
     objective = {"ce": {"weight": 0.1}, "mtkd": {}, "per": {"term": "mtkd", "reduce": "sum_kd", "weights": [1, 1]}}
     run_recipe(smoke_recipe(tmp_path, objective, teacher=teachers), quiet=True)
     m = last_metrics(tmp_path)
@@ -535,8 +570,9 @@ def test_dml_trains_two_students_in_one_loop(tmp_path):
     from kdlab.engine import run_recipe
     from kdlab.engine.run import build_model_for
 
-    r = smoke_recipe(tmp_path, {"ce": {}, "dml": {}}, teacher=None,
-                     cohort=[{"name": "smallcnn", "kwargs": {"width": 0.25}}])
+    r = smoke_recipe(
+        tmp_path, {"ce": {}, "dml": {}}, teacher=None, cohort=[{"name": "smallcnn", "kwargs": {"width": 0.25}}]
+    )
     run_recipe(r, quiet=True)
     d = tmp_path / "smoke" / "seed0"
     m = last_metrics(tmp_path)
@@ -556,16 +592,35 @@ def test_mlkd_with_its_defaults_no_longer_sends_a_digits_student_to_chance(tmp_p
     from kdlab.engine import run_recipe
     from kdlab.recipe import load_recipe
 
-    base = {"out": str(tmp_path), "data": {"name": "digits"}, "train": {"tensorboard": False},
-            "schedule": {"epochs": 30, "milestones": [15, 22]}}
-    run_recipe(load_recipe({**base, "name": "teacher", "student": {"name": "smallcnn"},
-                            "schedule": {"epochs": 8, "milestones": []}, "objective": {"ce": {}}}), quiet=True)
+    base = {
+        "out": str(tmp_path),
+        "data": {"name": "digits"},
+        "train": {"tensorboard": False},
+        "schedule": {"epochs": 30, "milestones": [15, 22]},
+    }
+    run_recipe(
+        load_recipe(
+            {
+                **base,
+                "name": "teacher",
+                "student": {"name": "smallcnn"},
+                "schedule": {"epochs": 8, "milestones": []},
+                "objective": {"ce": {}},
+            }
+        ),
+        quiet=True,
+    )
     from pathlib import Path
 
     import yaml
 
     objective = yaml.safe_load((Path(__file__).parents[1] / "recipes/methods/mlkd.yaml").read_text())["objective"]
-    data = {**base, "name": "mlkd", "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
-            "teacher": {"run": str(tmp_path / "teacher" / "seed0")}, "objective": objective}
+    data = {
+        **base,
+        "name": "mlkd",
+        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+        "teacher": {"run": str(tmp_path / "teacher" / "seed0")},
+        "objective": objective,
+    }
     summary = run_recipe(load_recipe(data), quiet=True)
     assert summary["final"]["test/top1"] > 0.9

@@ -11,8 +11,14 @@ from kdlab.teacher import TeacherOutput
 
 
 def ctx_for(s, t, y):
-    return StepContext(x=torch.zeros(len(y), 1), y=y, idx=torch.arange(len(y)), s_logits=s, s_feats={},
-                       teacher_outputs=[TeacherOutput(t)])
+    return StepContext(
+        x=torch.zeros(len(y), 1),
+        y=y,
+        idx=torch.arange(len(y)),
+        s_logits=s,
+        s_feats={},
+        teacher_outputs=[TeacherOutput(t)],
+    )
 
 
 def reference_kd(s, t, tau):

@@ -21,9 +21,16 @@ def _gen(seed: int) -> torch.Generator:
 
 def _inp(x: torch.Tensor, seed: int = 0, teacher=None, student=None, y=None) -> ViewInput:
     n = len(x)
-    return ViewInput(x=x, y=torch.arange(n) if y is None else y, idx=torch.arange(100, 100 + n), gen=_gen(seed),
-                     teacher=teacher, student=student if student is not None else nn.Identity(),
-                     lo=torch.zeros(1), hi=torch.ones(1))
+    return ViewInput(
+        x=x,
+        y=torch.arange(n) if y is None else y,
+        idx=torch.arange(100, 100 + n),
+        gen=_gen(seed),
+        teacher=teacher,
+        student=student if student is not None else nn.Identity(),
+        lo=torch.zeros(1),
+        hi=torch.ones(1),
+    )
 
 
 def _constant_images(n: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -40,8 +47,9 @@ class Net(nn.Module):
         conv = nn.Conv2d if dims == 2 else nn.Conv1d
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
         pool = nn.AdaptiveAvgPool2d(2) if dims == 2 else nn.AdaptiveAvgPool1d(4)
-        self.body = nn.Sequential(conv(c, 6, 3, padding=1), norm(6) if bn else nn.Identity(), nn.Tanh(), pool,
-                                  nn.Flatten())
+        self.body = nn.Sequential(
+            conv(c, 6, 3, padding=1), norm(6) if bn else nn.Identity(), nn.Tanh(), pool, nn.Flatten()
+        )
         self.fc = nn.Linear(24, classes)
 
     def forward(self, x):
@@ -95,7 +103,14 @@ def test_registered_params_and_kind():
         assert VIEWS.entry(name).paper
     p = VIEWS.get("cutmix_pick").Params()
     assert (p.m, p.k, p.criterion, p.tau_kl, p.student_mode, p.alpha, p.lam) == (
-        2, None, "teacher_entropy", 4.0, "eval", 1.0, "batch")
+        2,
+        None,
+        "teacher_entropy",
+        4.0,
+        "eval",
+        1.0,
+        "batch",
+    )
     assert p.weight == 1.0 and p.targets == "teacher"
     with pytest.raises(pydantic.ValidationError):
         VIEWS.get("cutmix_pick").Params(criterion="entropy")
@@ -128,7 +143,7 @@ def test_derangement_no_fixed_points_and_permutation():
 
 def test_beta_moments():
     lam = beta(0.2, 20000, _gen(0))
-    assert 0.0 <= float(lam.min()) and float(lam.max()) <= 1.0
+    assert float(lam.min()) >= 0.0 and float(lam.max()) <= 1.0
     assert abs(float(lam.mean()) - 0.5) < 0.02
     assert abs(float(lam.var()) - 1 / (4 * (2 * 0.2 + 1))) < 0.01  # Var Beta(a, a) = 1 / (4(2a + 1))
     u = beta(1.0, 20000, _gen(0))
@@ -234,8 +249,18 @@ def test_mixup_partner_is_the_authors_plain_permutation_by_default():
     fixed = 0
     for _ in range(200):
         state = g.get_state()
-        perm = Mixup()(ViewInput(x=x, y=torch.arange(n), idx=torch.arange(n), gen=g, teacher=None, student=None,
-                                 lo=torch.tensor(-9.0), hi=torch.tensor(9.0))).y_mix[1]
+        perm = Mixup()(
+            ViewInput(
+                x=x,
+                y=torch.arange(n),
+                idx=torch.arange(n),
+                gen=g,
+                teacher=None,
+                student=None,
+                lo=torch.tensor(-9.0),
+                hi=torch.tensor(9.0),
+            )
+        ).y_mix[1]
         g2 = torch.Generator().set_state(state)
         torch.rand(1, generator=g2, dtype=torch.float64)  # λ (alpha = 1: one uniform draw per batch)
         assert torch.equal(perm, torch.randperm(n, generator=g2))
@@ -244,10 +269,15 @@ def test_mixup_partner_is_the_authors_plain_permutation_by_default():
 
 
 # ----------------------------------------------------------------------------------------------- cutout
-@pytest.mark.parametrize("shape,params,side", [((2, 12, 12), {"size": 4}, (4, 4)),
-                                               ((2, 12, 16), {"ratio": 0.25}, (3, 4)),
-                                               ((2, 12, 12), {}, (3, 3)),
-                                               ((1, 40), {"size": 10}, (10,))])
+@pytest.mark.parametrize(
+    "shape,params,side",
+    [
+        ((2, 12, 12), {"size": 4}, (4, 4)),
+        ((2, 12, 16), {"ratio": 0.25}, (3, 4)),
+        ((2, 12, 12), {}, (3, 3)),
+        ((1, 40), {"size": 10}, (10,)),
+    ],
+)
 def test_cutout_zero_box_labels_kept(shape, params, side):
     n = 64
     x = torch.rand(n, *shape, generator=_gen(2)) + 1.0  # no zero anywhere
@@ -375,7 +405,8 @@ def test_pick_student_train_mode_updates_bn_and_restores():
     modes: list[bool] = []
     hook = student.register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
     vb = CutMixPick(CutMixPick.Params(criterion="kl", student_mode="train"))(
-        _inp(x, 1, teacher=teacher, student=student))
+        _inp(x, 1, teacher=teacher, student=student)
+    )
     hook.remove()
     assert modes == [True] and student.training and bn.training
     assert not torch.equal(bn.running_mean, before)
@@ -384,7 +415,8 @@ def test_pick_student_train_mode_updates_bn_and_restores():
     # a student in eval mode comes back in eval mode
     student.eval()
     CutMixPick(CutMixPick.Params(criterion="student_entropy", student_mode="train"))(
-        _inp(x, 1, teacher=teacher, student=student))
+        _inp(x, 1, teacher=teacher, student=student)
+    )
     assert not student.training and not bn.training
 
 
@@ -417,10 +449,19 @@ def test_pick_needs_teacher_for_teacher_criteria():
 
 
 @pytest.mark.parametrize("dims", [2, 1])
-@pytest.mark.parametrize("name,params", [("mixup", {}), ("mixup", {"lam": "sample", "alpha": 0.5}),
-                                         ("cutmix", {}), ("cutmix", {"lam": "sample"}), ("cutout", {}),
-                                         ("cutmix_pick", {}), ("cutmix_pick", {"criterion": "random"}),
-                                         ("cutmix_pick", {"criterion": "kl"})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("mixup", {}),
+        ("mixup", {"lam": "sample", "alpha": 0.5}),
+        ("cutmix", {}),
+        ("cutmix", {"lam": "sample"}),
+        ("cutout", {}),
+        ("cutmix_pick", {}),
+        ("cutmix_pick", {"criterion": "random"}),
+        ("cutmix_pick", {"criterion": "kl"}),
+    ],
+)
 def test_determinism_and_shapes(dims, name, params):
     x, teacher, student = _pick_setup(dims)
     cls = VIEWS.get(name)

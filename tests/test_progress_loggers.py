@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +16,23 @@ from kdlab.engine.progress import EpochBar, format_epoch, silenced
 from kdlab.errors import KDLabError
 from kdlab.recipe import load_recipe
 
-RECIPE = ("name: ce\ndata: {name: digits, batch_size: 128}\nstudent: {name: smallcnn, kwargs: {width: 0.25}}\n"
-          "schedule: {epochs: EPOCHS, milestones: []}\ntrain: {tensorboard: false, threads: 1}\n")
+RECIPE = (
+    "name: ce\ndata: {name: digits, batch_size: 128}\nstudent: {name: smallcnn, kwargs: {width: 0.25}}\n"
+    "schedule: {epochs: EPOCHS, milestones: []}\ntrain: {tensorboard: false, threads: 1}\n"
+)
 
 
 def _recipe(tmp_path, epochs=2, **train):
-    return load_recipe({"name": "ce", "data": {"name": "digits", "batch_size": 256},
-                        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
-                        "schedule": {"epochs": epochs, "milestones": []}, "train": train, "out": str(tmp_path)})
+    return load_recipe(
+        {
+            "name": "ce",
+            "data": {"name": "digits", "batch_size": 256},
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+            "schedule": {"epochs": epochs, "milestones": []},
+            "train": train,
+            "out": str(tmp_path),
+        }
+    )
 
 
 def _records(run):
@@ -34,12 +42,21 @@ def _records(run):
 def test_without_a_terminal_each_epoch_prints_one_line_and_ctrl_c_prints_the_resume_command(tmp_path):
     (tmp_path / "r.yaml").write_text(RECIPE.replace("EPOCHS", "300"))  # interrupted long before the end
     env = {**os.environ, "KDLAB_THREADS": "1", "PYTHONUNBUFFERED": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "kdlab.cli", "run", "r.yaml", "--out", "runs"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdlab.cli", "run", "r.yaml", "--out", "runs"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     metrics = tmp_path / "runs" / "ce" / "seed0" / "metrics.jsonl"
     deadline = time.time() + 300  # a loaded machine starts slowly
-    while time.time() < deadline and proc.poll() is None and (
-            not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+    while (
+        time.time() < deadline
+        and proc.poll() is None
+        and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2)
+    ):
         time.sleep(0.02)
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
@@ -60,8 +77,12 @@ def test_the_bar_shows_the_running_loss_and_the_last_held_out_top1():
     from rich.console import Console
 
     buf = io.StringIO()
-    bar = EpochBar("kd [main] epoch 2/5", 4, last={"test/top1": 0.912, "epoch": 1},
-                   console=Console(file=buf, force_terminal=True, width=160))
+    bar = EpochBar(
+        "kd [main] epoch 2/5",
+        4,
+        last={"test/top1": 0.912, "epoch": 1},
+        console=Console(file=buf, force_terminal=True, width=160),
+    )
     reads = []
     bar.step(0.75)
     bar.step(lambda: reads.append(1) or 0.5)  # read (the first read of the epoch)

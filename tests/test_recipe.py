@@ -5,8 +5,13 @@ import pytest
 from kdlab.errors import KDLabError
 from kdlab.recipe import apply_overrides, load_recipe
 
-BASE = {"name": "kd", "data": {"name": "digits"}, "student": {"name": "smallcnn"},
-        "teacher": {"run": "runs/t/seed0"}, "objective": {"ce": {"weight": 0.1}, "kd": {}}}
+BASE = {
+    "name": "kd",
+    "data": {"name": "digits"},
+    "student": {"name": "smallcnn"},
+    "teacher": {"run": "runs/t/seed0"},
+    "objective": {"ce": {"weight": 0.1}, "kd": {}},
+}
 
 
 def test_defaults_fill_a_short_recipe():
@@ -30,14 +35,17 @@ def test_overrides_parse_values_and_nested_paths():
     assert apply_overrides({"a": [1, 2]}, ["a.1=5"]) == {"a": [1, 5]}
 
 
-@pytest.mark.parametrize("override, expected", [
-    (["optim.name=adam"], ["optim.name", "'sgd'", "'adamw'"]),
-    (["optim.lrr=0.1"], ["optim", "unknown field 'lrr'", "did you mean 'lr'"]),
-    (["objective.kd.tau=-1"], ["[kd]", "tau", "greater than 0"]),
-    (["objective.kd.temperature=2"], ["[kd]", "temperature", "allowed:", "tau", "weight"]),
-    (["schedule.name=step"], ["schedule.name", "'multistep'", "'cosine'", "'constant'"]),
-    (["train.precision=fp8"], ["train.precision", "'fp32'", "'bf16'", "'fp16'"]),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (["optim.name=adam"], ["optim.name", "'sgd'", "'adamw'"]),
+        (["optim.lrr=0.1"], ["optim", "unknown field 'lrr'", "did you mean 'lr'"]),
+        (["objective.kd.tau=-1"], ["[kd]", "tau", "greater than 0"]),
+        (["objective.kd.temperature=2"], ["[kd]", "temperature", "allowed:", "tau", "weight"]),
+        (["schedule.name=step"], ["schedule.name", "'multistep'", "'cosine'", "'constant'"]),
+        (["train.precision=fp8"], ["train.precision", "'fp32'", "'bf16'", "'fp16'"]),
+    ],
+)
 def test_wrong_field_names_the_path_and_allowed_values(override, expected):
     with pytest.raises(KDLabError) as e:
         load_recipe(BASE, override)
@@ -47,11 +55,14 @@ def test_wrong_field_names_the_path_and_allowed_values(override, expected):
         assert part in msg, msg
 
 
-@pytest.mark.parametrize("override, near", [
-    (["objective={kd_loss: {}}"], "'kd'"),
-    (["student.name=resnet2O"], "'resnet20'"),
-    (["data.name=digit"], "'digits'"),
-])
+@pytest.mark.parametrize(
+    "override, near",
+    [
+        (["objective={kd_loss: {}}"], "'kd'"),
+        (["student.name=resnet2O"], "'resnet20'"),
+        (["data.name=digit"], "'digits'"),
+    ],
+)
 def test_misspelt_names_suggest_the_nearest(override, near):
     with pytest.raises(KDLabError, match="did you mean") as e:
         load_recipe(BASE, override)
@@ -69,8 +80,9 @@ def test_teacher_needs_a_source():
 
 
 def test_stages_inherit_and_validate():
-    r = load_recipe({**BASE, "stages": [{"name": "hint", "epochs": 2, "objective": {"ce": {}}},
-                                        {"name": "kd", "epochs": 3}]})
+    r = load_recipe(
+        {**BASE, "stages": [{"name": "hint", "epochs": 2, "objective": {"ce": {}}}, {"name": "kd", "epochs": 3}]}
+    )
     from kdlab.engine.stages import plan_stages
 
     stages = plan_stages(r)

@@ -26,11 +26,14 @@ STUDENT, TEACHER = {"name": "resnet8"}, {"name": "resnet14"}  # defaults of feat
 NEEDS = {
     "dml": {"teacher": None, "cohort": [STUDENT]},  # online: peers instead of a teacher (recipes/methods/dml.yaml)
     # letKD's layers fit their templates (k-means) on the teacher's features: fewer templates for 20 images
-    "letkd_penult": {"student": {**STUDENT, "insert": [{"at": "@last", "layer": "letkd", "kwargs": {"templates": 8}}]},
-                     "objective": {"letkd_penult": {"student_layer": "layer3"}}},  # recipes/methods/letkd1.yaml
-    "letkd_inter": {"student": {**STUDENT, "insert": [{"at": "layer3.0", "layer": "letkd",
-                                                       "kwargs": {"templates_per_class": 1}}]},
-                    "objective": {"letkd_inter": {"student_layer": "layer3.0", "teacher_layer": "layer3.0"}}},
+    "letkd_penult": {
+        "student": {**STUDENT, "insert": [{"at": "@last", "layer": "letkd", "kwargs": {"templates": 8}}]},
+        "objective": {"letkd_penult": {"student_layer": "layer3"}},
+    },  # recipes/methods/letkd1.yaml
+    "letkd_inter": {
+        "student": {**STUDENT, "insert": [{"at": "layer3.0", "layer": "letkd", "kwargs": {"templates_per_class": 1}}]},
+        "objective": {"letkd_inter": {"student_layer": "layer3.0", "teacher_layer": "layer3.0"}},
+    },
 }
 
 
@@ -39,20 +42,31 @@ def tiny(tmp_path_factory):
     """A 20-image train / 10-image test .npz (3×16×16, 10 classes) and a random resnet14 teacher."""
     root = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(0)
-    np.savez(root / "tiny.npz", x_train=rng.random((20, *SHAPE), dtype=np.float32), y_train=np.arange(20) % CLASSES,
-             x_test=rng.random((10, *SHAPE), dtype=np.float32), y_test=np.arange(10) % CLASSES)
+    np.savez(
+        root / "tiny.npz",
+        x_train=rng.random((20, *SHAPE), dtype=np.float32),
+        y_train=np.arange(20) % CLASSES,
+        x_test=rng.random((10, *SHAPE), dtype=np.float32),
+        y_test=np.arange(10) % CLASSES,
+    )
     torch.manual_seed(0)
-    save_weights(root / "teacher.safetensors",
-                 build_model(TEACHER["name"], num_classes=CLASSES, input_shape=SHAPE).state_dict())
+    save_weights(
+        root / "teacher.safetensors", build_model(TEACHER["name"], num_classes=CLASSES, input_shape=SHAPE).state_dict()
+    )
     return root
 
 
 def _recipe(tiny, name: str, **parts) -> dict:
-    return {"name": name, "out": str(tiny / "runs"), "student": STUDENT,
-            "data": {"name": "arrays", "kwargs": {"path": str(tiny / "tiny.npz")}, "batch_size": 10},
-            "teacher": {"model": TEACHER, "checkpoint": str(tiny / "teacher.safetensors")},
-            "schedule": {"epochs": 1, "milestones": []}, "train": {"tensorboard": False, "precision": "fp32"},
-            **parts}
+    return {
+        "name": name,
+        "out": str(tiny / "runs"),
+        "student": STUDENT,
+        "data": {"name": "arrays", "kwargs": {"path": str(tiny / "tiny.npz")}, "batch_size": 10},
+        "teacher": {"model": TEACHER, "checkpoint": str(tiny / "teacher.safetensors")},
+        "schedule": {"epochs": 1, "milestones": []},
+        "train": {"tensorboard": False, "precision": "fp32"},
+        **parts,
+    }
 
 
 def _train(data: dict) -> dict:
@@ -72,8 +86,14 @@ def _merge(base: dict, over: dict) -> dict:
 @pytest.mark.parametrize("name", TERMS.names())
 def test_every_method_trains_one_epoch_on_its_defaults(tiny, name):
     needs = NEEDS.get(name, {})
-    _train(_recipe(tiny, name, objective={name: {}, **needs.get("objective", {})},
-                   **{k: v for k, v in needs.items() if k != "objective"}))
+    _train(
+        _recipe(
+            tiny,
+            name,
+            objective={name: {}, **needs.get("objective", {})},
+            **{k: v for k, v in needs.items() if k != "objective"},
+        )
+    )
 
 
 def _kind(name: str) -> str:
@@ -89,16 +109,30 @@ def test_every_view_runs_on_its_defaults(tiny, name):
         view = VIEWS.get(name)()
         a, b = view(x, torch.Generator().manual_seed(1)), view(x, torch.Generator().manual_seed(1))
         assert a.shape == x.shape and torch.equal(a, b)
-        _train(_recipe(tiny, name, data={"name": "arrays", "kwargs": {"path": str(tiny / "tiny.npz")},
-                                         "batch_size": 10, "augment": [name]}, objective={"kd": {}}))
+        _train(
+            _recipe(
+                tiny,
+                name,
+                data={
+                    "name": "arrays",
+                    "kwargs": {"path": str(tiny / "tiny.npz")},
+                    "batch_size": 10,
+                    "augment": [name],
+                },
+                objective={"kd": {}},
+            )
+        )
     else:  # an extra batch of views for the objective
         _train(_recipe(tiny, name, objective={"ce": {}, "kd": {}}, views=[name]))
 
 
 def _inputs(name: str) -> tuple[tuple[int, ...], torch.Tensor]:
     """The first input kind the model accepts: images, 1-D signals, token ids."""
-    for shape, x in [((3, 32, 32), torch.rand(2, 3, 32, 32)), ((1, 40), torch.rand(2, 1, 40)),
-                     ((16,), torch.randint(0, 100, (2, 16)))]:
+    for shape, x in [
+        ((3, 32, 32), torch.rand(2, 3, 32, 32)),
+        ((1, 40), torch.rand(2, 1, 40)),
+        ((16,), torch.randint(0, 100, (2, 16))),
+    ]:
         try:
             build_model(name, num_classes=CLASSES, input_shape=shape)
         except KDLabError as e:
@@ -167,8 +201,12 @@ def _tiny_imagenet(root):
 
 
 # datasets that read files get a tiny generated one; those not listed build from their defaults or skip
-FILES = {"arrays": lambda tmp: {"path": str(tmp / "tiny.npz")}, "imagefolder": _image_folder,
-         "imagenet": _imagenet, "tiny_imagenet": _tiny_imagenet}
+FILES = {
+    "arrays": lambda tmp: {"path": str(tmp / "tiny.npz")},
+    "imagefolder": _image_folder,
+    "imagenet": _imagenet,
+    "tiny_imagenet": _tiny_imagenet,
+}
 MUST_BUILD = {"digits", "arrays", *FILES}  # no file or package beyond the test extra
 
 
@@ -183,7 +221,10 @@ def test_every_dataset_builds_and_feeds_a_step(tiny, tmp_path, name):
         pytest.skip(f"{name}: {str(e).splitlines()[0]}")
     x, y, _ = next(make_loader(ds.train, 4, shuffle=False).iter_epoch(0))  # resident and streamed splits alike
     assert len(ds.test.x) > 0 and tuple(x.shape[1:]) == tuple(ds.input_shape)
-    assert 0 <= int(y.min()) and int(y.max()) < ds.num_classes
-    model = build_model("bag_of_embeddings" if not x.is_floating_point() else "mlp",
-                        num_classes=ds.num_classes, input_shape=tuple(ds.input_shape))
+    assert int(y.min()) >= 0 and int(y.max()) < ds.num_classes
+    model = build_model(
+        "bag_of_embeddings" if not x.is_floating_point() else "mlp",
+        num_classes=ds.num_classes,
+        input_shape=tuple(ds.input_shape),
+    )
     torch.nn.functional.cross_entropy(model(x if not x.is_floating_point() else x.float()), y.long()).backward()

@@ -11,9 +11,8 @@ line in a recipe's comments is checked too (and a file it names after the first 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import pytest
 
@@ -21,16 +20,29 @@ from kdlab.recipe import load_recipe
 from kdlab.study import load_study, plan_study
 
 ROOT = Path(__file__).resolve().parents[1] / "recipes"
-PAIRS = [ROOT / "digits" / "pair.yaml", ROOT / "digits" / "resnet20-resnet8.yaml",
-         *sorted((ROOT / "cifar10").glob("*.yaml")), *sorted((ROOT / "cifar100").glob("*.yaml"))]
+PAIRS = [
+    ROOT / "digits" / "pair.yaml",
+    ROOT / "digits" / "resnet20-resnet8.yaml",
+    *sorted((ROOT / "cifar10").glob("*.yaml")),
+    *sorted((ROOT / "cifar100").glob("*.yaml")),
+]
 PAIRS = [p for p in PAIRS if not p.name.startswith("_")]  # _common.yaml: a shared fragment, not a recipe
 METHODS = sorted((ROOT / "methods").glob("*.yaml"))
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
-USAGE = sorted({tuple(re.findall(r"(recipes/\S+\.ya?ml)", line)) for p in ROOT.rglob("*.yaml")
-                for line in p.read_text().splitlines() if re.match(r"#\s+kdlab run ", line)})
+USAGE = sorted(
+    {
+        tuple(re.findall(r"(recipes/\S+\.ya?ml)", line))
+        for p in ROOT.rglob("*.yaml")
+        for line in p.read_text().splitlines()
+        if re.match(r"#\s+kdlab run ", line)
+    }
+)
 FRAGMENTS = {ROOT.parent / f for files in USAGE for f in files[1:]}
-STANDALONE = sorted(p for p in ROOT.rglob("*.yaml") if not p.name.startswith("_")
-                    and p.parent.name not in ("methods", "studies") and p not in FRAGMENTS)
+STANDALONE = sorted(
+    p
+    for p in ROOT.rglob("*.yaml")
+    if not p.name.startswith("_") and p.parent.name not in ("methods", "studies") and p not in FRAGMENTS
+)
 
 
 def _id(p: Path) -> str:
@@ -102,7 +114,8 @@ def _offers(model, taps) -> bool:
 
 @pytest.mark.parametrize("method", METHODS, ids=_id)
 def test_every_method_recipe_composes_with_its_pairs(method):
-    """The composed recipe validates, and every tap, connector and inserted layer the method names exists on the pair's student and teacher:
+    """The composed recipe validates, and every tap, connector and inserted layer the method names exists on the
+    pair's student and teacher:
     the objective of each stage is set up on probed shapes, as the trainer does before the first step."""
     from kdlab.capture import probe_shapes
     from kdlab.engine.stages import plan_stages

@@ -24,8 +24,14 @@ def ctx_for(s_feats, t_feats, y=None, idx=None):
     b = next(iter(s_feats.values())).shape[0]
     y = torch.zeros(b, dtype=torch.long) if y is None else y
     idx = torch.arange(b) if idx is None else idx
-    return StepContext(x=torch.zeros(b, 1), y=y, idx=idx, s_logits=torch.zeros(b, 2), s_feats=s_feats,
-                       teacher_outputs=[TeacherOutput(torch.zeros(b, 2), t_feats)])
+    return StepContext(
+        x=torch.zeros(b, 1),
+        y=y,
+        idx=idx,
+        s_logits=torch.zeros(b, 2),
+        s_feats=s_feats,
+        teacher_outputs=[TeacherOutput(torch.zeros(b, 2), t_feats)],
+    )
 
 
 def info(n=50):
@@ -223,8 +229,10 @@ def test_cc_default_weight_matches_repdistillers_tuned_term_at_initialisation():
     x = (x - x.mean()) / x.std()
     s_net, t_net = (build_model(n, num_classes=10, input_shape=(1, 8, 8)).eval() for n in ("resnet8", "resnet20"))
     with torch.no_grad():
-        f_s, f_t = s_net.avgpool(s_net.layer3(s_net.layer2(s_net.layer1(s_net.relu(s_net.bn1(s_net.conv1(x))))))), \
-            t_net.avgpool(t_net.layer3(t_net.layer2(t_net.layer1(t_net.relu(t_net.bn1(t_net.conv1(x)))))))
+        f_s, f_t = (
+            s_net.avgpool(s_net.layer3(s_net.layer2(s_net.layer1(s_net.relu(s_net.bn1(s_net.conv1(x))))))),
+            t_net.avgpool(t_net.layer3(t_net.layer2(t_net.layer1(t_net.relu(t_net.bn1(t_net.conv1(x))))))),
+        )
     f_s, f_t = f_s.flatten(1), f_t.flatten(1)
     term = build(CorrelationCongruence, s_dim=f_s.shape[1], t_dim=f_t.shape[1])
     with torch.no_grad():
@@ -422,15 +430,19 @@ def test_edge_cases_are_finite(cls, case):
 
 
 def digits_recipe(out, objective, name, epochs=1):
-    return load_recipe({
-        "name": name, "out": str(out), "seed": 0,
-        "data": {"name": "digits", "batch_size": 256},
-        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
-        "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
-        "objective": objective,
-        "schedule": {"epochs": epochs},
-        "train": {"tensorboard": False},
-    })
+    return load_recipe(
+        {
+            "name": name,
+            "out": str(out),
+            "seed": 0,
+            "data": {"name": "digits", "batch_size": 256},
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+            "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
+            "objective": objective,
+            "schedule": {"epochs": epochs},
+            "train": {"tensorboard": False},
+        }
+    )
 
 
 def metrics(run):

@@ -78,20 +78,33 @@ def write_run(root: Path, label: str, seed: int) -> Path:
     (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
     def tests(ep: int) -> dict:
-        out = {"epoch": ep, "test/top1": top1[ep - 1], "test/top5": top1[ep - 1] + 0.1,
-               "test/nll": 1.0 / ep, "test/ece": _ece(label, seed)}
+        out = {
+            "epoch": ep,
+            "test/top1": top1[ep - 1],
+            "test/top5": top1[ep - 1] + 0.1,
+            "test/nll": 1.0 / ep,
+            "test/ece": _ece(label, seed),
+        }
         if kd:
             out.update({"test/agree": _agree(seed), "test/kl_ts": _kl(seed)})
         return out
 
     best_ep = max(range(1, EPOCHS + 1), key=lambda e: top1[e - 1])
-    summary = {"name": label, "seed": seed, "epochs": EPOCHS, "wall_s": 4.0,
-               "final": tests(EPOCHS), "best": tests(best_ep), "status": "finished"}
+    summary = {
+        "name": label,
+        "seed": seed,
+        "epochs": EPOCHS,
+        "wall_s": 4.0,
+        "final": tests(EPOCHS),
+        "best": tests(best_ep),
+        "status": "finished",
+    }
     if kd:
         summary["teacher"] = {"test/top1": 0.90 + 0.001 * seed}
     (d / "summary.json").write_text(json.dumps(summary))
-    (d / "recipe.yaml").write_text(yaml.safe_dump({"name": label, "seed": seed, "method": {"T": 4},
-                                                         "objective": {label: {}}}))
+    (d / "recipe.yaml").write_text(
+        yaml.safe_dump({"name": label, "seed": seed, "method": {"T": 4}, "objective": {label: {}}})
+    )
     return d
 
 
@@ -114,9 +127,11 @@ def test_find_and_load(runs: Path):
     found = find_runs([runs])
     assert len(found) == 6 and all((p / "summary.json").is_file() for p in found)
     # a run folder itself, and duplicates, are accepted
-    assert find_runs([runs / "kd" / "kd-s0", runs / "kd"]) == [runs / "kd" / "kd-s0",
-                                                               runs / "kd" / "kd-s1",
-                                                               runs / "kd" / "kd-s2"]
+    assert find_runs([runs / "kd" / "kd-s0", runs / "kd"]) == [
+        runs / "kd" / "kd-s0",
+        runs / "kd" / "kd-s1",
+        runs / "kd" / "kd-s2",
+    ]
     rec = load_run(runs / "kd" / "kd-s1")
     assert (rec.name, rec.seed, len(rec.metrics)) == ("kd", 1, EPOCHS)
     assert rec.summary["status"] == "finished" and rec.recipe["method"]["T"] == 4
@@ -134,8 +149,12 @@ def test_no_runs_error(tmp_path: Path, runs: Path):
 
 
 def test_group_order(runs: Path):
-    recs = [load_run(runs / "baselines" / "ce" / "ce-s0"), load_run(runs / "kd" / "kd-s0"),
-            load_run(runs / "baselines" / "ce" / "ce-s1"), load_run(runs / "kd" / "kd-s1")]
+    recs = [
+        load_run(runs / "baselines" / "ce" / "ce-s0"),
+        load_run(runs / "kd" / "kd-s0"),
+        load_run(runs / "baselines" / "ce" / "ce-s1"),
+        load_run(runs / "kd" / "kd-s1"),
+    ]
     g = group(recs)
     assert list(g) == ["ce", "kd"]
     assert [r.seed for r in g["kd"]] == [0, 1]
@@ -176,7 +195,8 @@ def test_gain_over(runs: Path):
     _, rows = _rows(runs)
     gained = {r.label: r for r in gain_over(list(rows.values()), "ce")}
     want = statistics.mean(max(CURVES[("kd", s)]) for s in range(3)) - statistics.mean(
-        max(CURVES[("ce", s)]) for s in range(3))
+        max(CURVES[("ce", s)]) for s in range(3)
+    )
     assert gained["kd"].gain["best_top1"] == pytest.approx(want)
     assert gained["ce"].gain["best_top1"] == 0.0
     assert "last_agree" not in gained["kd"].gain  # baseline lacks it
@@ -236,10 +256,21 @@ def test_plots(runs: Path, tmp_path: Path):
     assert [p.name for p in out] == ["test_top1.png", "train_loss.png"]  # unlogged metric skipped
     for p in out:
         _assert_png(p)
-    table = [{"method": m, "noise": n, "acc": a, "acc_std": 0.01}
-             for m in ("kd", "ce") for n, a in ((0.0, 0.8), (0.2, 0.7), (0.4, 0.6))]
-    p = plot_xy(table, "noise", "acc", "method", tmp_path / "xy" / "acc_vs_noise.png",
-                xlabel="noise rate", ylabel="top-1", title="accuracy vs noise")
+    table = [
+        {"method": m, "noise": n, "acc": a, "acc_std": 0.01}
+        for m in ("kd", "ce")
+        for n, a in ((0.0, 0.8), (0.2, 0.7), (0.4, 0.6))
+    ]
+    p = plot_xy(
+        table,
+        "noise",
+        "acc",
+        "method",
+        tmp_path / "xy" / "acc_vs_noise.png",
+        xlabel="noise rate",
+        ylabel="top-1",
+        title="accuracy vs noise",
+    )
     _assert_png(p)
 
 
@@ -278,8 +309,13 @@ def test_report_groups_by_resolved_recipe_not_name(tmp_path: Path):
         for lr in (0.1, 0.05):
             for seed in (0, 1):
                 d = write_run(root / f"t{tau}-lr{lr}", "kd", seed)
-                recipes[d] = {"name": "kd", "seed": seed, "out": f"runs/t{tau}-lr{lr}",
-                              "objective": {"kd": {"tau": tau}}, "optim": {"lr": lr}}
+                recipes[d] = {
+                    "name": "kd",
+                    "seed": seed,
+                    "out": f"runs/t{tau}-lr{lr}",
+                    "objective": {"kd": {"tau": tau}},
+                    "optim": {"lr": lr},
+                }
     for name, seed in (("ce", 0), ("ce_copy", 1)):
         d = write_run(root / name, "ce", seed)
         recipes[d] = {"name": name, "seed": seed, "out": f"runs/{name}", "objective": {"ce": {}}}
@@ -289,13 +325,18 @@ def test_report_groups_by_resolved_recipe_not_name(tmp_path: Path):
         (d / "summary.json").write_text(json.dumps({**summary, "name": r["name"]}))
     out = write_report([root], tmp_path / "rep", baseline="ce = ce_copy")
     rows = {r.label: r for r in out["rows"]}
-    assert sorted(rows) == ["ce = ce_copy", "kd [objective.kd.tau=2, optim.lr=0.05]",
-                            "kd [objective.kd.tau=2, optim.lr=0.1]", "kd [objective.kd.tau=4, optim.lr=0.05]",
-                            "kd [objective.kd.tau=4, optim.lr=0.1]"]
+    assert sorted(rows) == [
+        "ce = ce_copy",
+        "kd [objective.kd.tau=2, optim.lr=0.05]",
+        "kd [objective.kd.tau=2, optim.lr=0.1]",
+        "kd [objective.kd.tau=4, optim.lr=0.05]",
+        "kd [objective.kd.tau=4, optim.lr=0.1]",
+    ]
     assert all(r.n == 2 and sorted(r.seeds) == [0, 1] for r in rows.values())
     kd = rows["kd [objective.kd.tau=2, optim.lr=0.1]"]
     want_last = statistics.mean(CURVES[("kd", s)][-1] for s in (0, 1)) - statistics.mean(
-        CURVES[("ce", s)][-1] for s in (0, 1))
+        CURVES[("ce", s)][-1] for s in (0, 1)
+    )
     assert kd.gain["last_top1"] == pytest.approx(want_last)
     per_run = list(csv.DictReader(io.StringIO((tmp_path / "rep" / "runs.csv").read_text())))
     assert len(per_run) == 10 and {d["method"] for d in per_run} == set(rows)

@@ -73,7 +73,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(n)
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                return path[path.index(m):] + [m]
+                return path[path.index(m) :] + [m]
             if m not in state and (c := visit(m)):
                 return c
         path.pop()
@@ -126,9 +126,17 @@ def test_function_local_kdlab_imports_say_why():
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(fn):
-                mod = node.module if isinstance(node, ast.ImportFrom) else \
-                    node.names[0].name if isinstance(node, ast.Import) else None
-                if mod and mod.startswith("kdlab") and not any(
-                        "#" in lines[i] for i in (node.lineno - 2, node.lineno - 1)):
+                mod = (
+                    node.module
+                    if isinstance(node, ast.ImportFrom)
+                    else node.names[0].name
+                    if isinstance(node, ast.Import)
+                    else None
+                )
+                if (
+                    mod
+                    and mod.startswith("kdlab")
+                    and not any("#" in lines[i] for i in (node.lineno - 2, node.lineno - 1))
+                ):
                     silent.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not silent, f"function-local imports without a comment saying why: {silent}"

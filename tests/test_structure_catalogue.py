@@ -15,10 +15,12 @@ CATALOGUE = Path(__file__).resolve().parents[1] / "docs" / "catalogue.md"
 
 def test_docs_catalogue_is_what_kdlab_list_markdown_prints():
     # a fresh process: other tests register their own entries in this one
-    out = subprocess.run([sys.executable, "-m", "kdlab.cli", "list", "--markdown"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "kdlab.cli", "list", "--markdown"], capture_output=True, text=True, check=True
+    ).stdout
     assert CATALOGUE.read_text(encoding="utf-8") == out, (
-        "docs/catalogue.md is stale: regenerate it with `kdlab list --markdown > docs/catalogue.md`")
+        "docs/catalogue.md is stale: regenerate it with `kdlab list --markdown > docs/catalogue.md`"
+    )
     assert out.startswith(markdown().split("\n")[0])
 
 
@@ -29,15 +31,26 @@ def test_every_recipe_field_has_a_description():
 
 def test_recipe_fields_reach_nested_blocks_once():
     paths = [p for p, _, _ in recipe_fields()]
-    assert {"data.corruption.noise.rate", "teacher.cache.views", "stages[].trainable", "train.compile.mode"} <= set(paths)
+    assert {"data.corruption.noise.rate", "teacher.cache.views", "stages[].trainable", "train.compile.mode"} <= set(
+        paths
+    )
     assert "teacher.model.name" not in paths  # the model block is described once, under `student`
 
 
 def test_every_method_and_view_parameter_has_a_description():
-    builtin = [(kind, e) for kind in ("methods", "views") for e in REGISTRIES[kind].entries()
-               if e.obj.__module__.startswith("kdlab.")]  # other tests register their own entries here
-    missing = [f"{kind}: {e.name}.{n}" for kind, e in builtin if params_model(e.obj) is not None
-               for n, _, desc in fields(params_model(e.obj)) if not desc]
+    builtin = [
+        (kind, e)
+        for kind in ("methods", "views")
+        for e in REGISTRIES[kind].entries()
+        if e.obj.__module__.startswith("kdlab.")
+    ]  # other tests register their own entries here
+    missing = [
+        f"{kind}: {e.name}.{n}"
+        for kind, e in builtin
+        if params_model(e.obj) is not None
+        for n, _, desc in fields(params_model(e.obj))
+        if not desc
+    ]
     assert not missing, f"parameters without Field(description=...): {missing}"
 
 

@@ -10,9 +10,17 @@ from kdlab.recipe import load_recipe
 from kdlab.seeds import parse_seeds
 
 
-@pytest.mark.parametrize("value, seeds", [
-    (3, [0, 1, 2]), ("0-2", [0, 1, 2]), (" 2 - 4 ", [2, 3, 4]), ("1,5,7", [1, 5, 7]), ("3", [3]), ([4, 9], [4, 9]),
-])
+@pytest.mark.parametrize(
+    "value, seeds",
+    [
+        (3, [0, 1, 2]),
+        ("0-2", [0, 1, 2]),
+        (" 2 - 4 ", [2, 3, 4]),
+        ("1,5,7", [1, 5, 7]),
+        ("3", [3]),
+        ([4, 9], [4, 9]),
+    ],
+)
 def test_seed_lists(value, seeds):
     assert parse_seeds(value) == seeds
 
@@ -54,8 +62,9 @@ def test_export_and_training_build_the_same_network():
     from kdlab.engine.run import build_model_for
     from kdlab.preprocess import build_student
 
-    recipe = load_recipe({"student": {"name": "smallcnn", "kwargs": {"width": 0.25},
-                                      "insert": [{"layer": "letkd", "at": "@stage1"}]}})
+    recipe = load_recipe(
+        {"student": {"name": "smallcnn", "kwargs": {"width": 0.25}, "insert": [{"layer": "letkd", "at": "@stage1"}]}}
+    )
 
     class Shape:
         num_classes, input_shape = 10, (1, 8, 8)
@@ -68,8 +77,9 @@ def test_export_and_training_build_the_same_network():
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
 
 
-@pytest.mark.parametrize("view, typo, field", [("crop", "paddin", "padding"), ("flip", "pp", "p"),
-                                               ("crop_flip", "padd", "padding")])
+@pytest.mark.parametrize(
+    "view, typo, field", [("crop", "paddin", "padding"), ("flip", "pp", "p"), ("crop_flip", "padd", "padding")]
+)
 def test_augmentation_views_name_the_field_a_typo_meant(view, typo, field):
     with pytest.raises(KDLabError, match=f"unknown field '{typo}': did you mean '{field}'"):
         load_recipe({"student": "smallcnn", "data": {"name": "digits", "augment": [{"name": view, typo: 1}]}})

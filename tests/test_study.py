@@ -34,8 +34,9 @@ def small_study(out: Path, **extra) -> dict:
 
 
 def _key(runs):
-    return [(r.kind, r.run_dir, r.seed, r.method, r.cell, r.teacher_dir, json.dumps(r.recipe, sort_keys=True))
-            for r in runs]
+    return [
+        (r.kind, r.run_dir, r.seed, r.method, r.cell, r.teacher_dir, json.dumps(r.recipe, sort_keys=True)) for r in runs
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -68,8 +69,12 @@ def test_grid_expansion_is_complete_and_deterministic(tmp_path):
 def test_teachers_are_shared_and_teacherless_methods_skip_them(tmp_path):
     d = small_study(tmp_path / "s")
     d["methods"]["solo"] = {"file": str(R / "methods/ce.yaml"), "recipe": {"teacher": None}}
-    d["grid"] = {"tau": {"2": {"methods": {"kd": ["objective.kd.tau=2"]}, "runs": ["teacher.weights=best"]},
-                         "4": {"methods": {"kd": ["objective.kd.tau=4"]}, "x": 4}}}
+    d["grid"] = {
+        "tau": {
+            "2": {"methods": {"kd": ["objective.kd.tau=2"]}, "runs": ["teacher.weights=best"]},
+            "4": {"methods": {"kd": ["objective.kd.tau=4"]}, "x": 4},
+        }
+    }
     with pytest.raises(KDLabError, match="val_fraction"):  # an early-stopped teacher needs a validation split
         plan_study(load_study(d)[0], validate=False)
     d["overrides"].append("data.val_fraction=0.2")
@@ -87,8 +92,10 @@ def test_teachers_are_shared_and_teacherless_methods_skip_them(tmp_path):
 
 
 def test_corruption_is_shared_with_the_teacher_unless_clean(tmp_path):
-    d = small_study(tmp_path / "s", grid={"noise": {"0.2": ["data.corruption.noise.rate=0.2"],
-                                                    "0.4": ["data.corruption.noise.rate=0.4"]}})
+    d = small_study(
+        tmp_path / "s",
+        grid={"noise": {"0.2": ["data.corruption.noise.rate=0.2"], "0.4": ["data.corruption.noise.rate=0.4"]}},
+    )
     d["overrides"] += ["data.corruption={noise: {rate: 0.0}}", "data.val_fraction=0.2"]
     d["teacher"]["weights"] = "best"
     runs = plan_study(load_study(d)[0])
@@ -133,9 +140,14 @@ def test_study_schema_errors(tmp_path):
 NINE = {"ce", "kd", "bss", "fitnet", "fsp", "at", "ab", "rkd", "sp", "dml"}
 
 
-@pytest.mark.parametrize(("name", "teachers", "students", "methods"), [
-    ("nine_methods_noise", 4, 10 * 8 * 3, NINE), ("nine_methods_imbalance", 3, 10 * 3 * 3, NINE),
-    ("capacity_gap", 6, 6 * 6 * 3, {"ce", "kd", "fitnet", "rkd", "sp", "dml"})])
+@pytest.mark.parametrize(
+    ("name", "teachers", "students", "methods"),
+    [
+        ("nine_methods_noise", 4, 10 * 8 * 3, NINE),
+        ("nine_methods_imbalance", 3, 10 * 3 * 3, NINE),
+        ("capacity_gap", 6, 6 * 6 * 3, {"ce", "kd", "fitnet", "rkd", "sp", "dml"}),
+    ],
+)
 def test_ready_study_files_expand(name, teachers, students, methods):
     st, folder = load_study(R / "studies" / f"{name}.yaml")
     assert st.name == name and st.baseline == "ce"
@@ -204,7 +216,7 @@ def test_killed_study_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
     for k, vals in summaries.items():
         mean = sum(vals) / 2
         assert cells[k]["top1_mean"] == pytest.approx(mean)
-        assert cells[k]["top1_std"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+        assert cells[k]["top1_std"] == pytest.approx(abs(vals[0] - vals[1]) / 2**0.5)
         assert cells[k]["n"] == 2
         base = sum(summaries[("ce", k[1])]) / 2
         assert cells[k]["gain"] == pytest.approx(mean - base)
@@ -233,8 +245,13 @@ def test_killed_study_resumes_without_redoing_finished_runs(tmp_path, monkeypatc
 
 
 def test_parallel_workers_match_sequential(tmp_path):
-    d = {"name": "par", "base": [str(R / "digits/pair.yaml")], "methods": {"solo": {"recipe": {"teacher": None}}},
-         "seeds": [0, 1], "overrides": FAST}
+    d = {
+        "name": "par",
+        "base": [str(R / "digits/pair.yaml")],
+        "methods": {"solo": {"recipe": {"teacher": None}}},
+        "seeds": [0, 1],
+        "overrides": FAST,
+    }
     seq = run_study({**d, "out": str(tmp_path / "seq")}, quiet=True, report=False)
     par = run_study({**d, "out": str(tmp_path / "par")}, workers=2, quiet=True)
     assert seq["trained"] == par["trained"] == 2
@@ -249,8 +266,10 @@ def test_a_cached_study_builds_each_cells_cache_once_and_trains_the_same(tmp_pat
     """teacher.cache=auto: one cache per teacher and grid cell, built before the students; noise changes only
     labels, so both cells of a shared teacher read one cache; the students match the live study (fp32)."""
     live = run_study(small_study(tmp_path / "live", seeds=[0]), quiet=True)
-    cached = run_study(small_study(tmp_path / "cached", seeds=[0],
-                                   overrides=FAST + NOISY + ["teacher.cache={dtype: fp32}"]), quiet=True)
+    cached = run_study(
+        small_study(tmp_path / "cached", seeds=[0], overrides=FAST + NOISY + ["teacher.cache={dtype: fp32}"]),
+        quiet=True,
+    )
     caches = sorted(p.parent for p in (tmp_path / "cached" / "teachers").glob("*/seed0/cache/*/meta.json"))
     assert len(caches) == 2  # one per teacher (the two noise cells train different teachers)
     for cell in ("0.0", "0.4"):

@@ -57,8 +57,15 @@ def assets(tmp_path_factory):
     assert len(tok) == len(SPECIAL) + len(WORDS)
     tok.save_pretrained(str(model_dir))
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(SPECIAL) + len(WORDS), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    cfg = BertConfig(
+        vocab_size=len(SPECIAL) + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
     BertModel(cfg).save_pretrained(str(model_dir))
     rng = random.Random(0)
     names = ["negative", "neutral", "positive"]
@@ -174,8 +181,9 @@ def test_hub_name_is_refused():
 def _pair(assets):
     torch.manual_seed(1)
     teacher = Teacher(build_model("hf_classifier", num_classes=3, input_shape=(L,), path=assets["model"]))
-    student = build_model("text_transformer", num_classes=3, input_shape=(L,), d_model=32, heads=2,
-                          tokenizer=assets["model"])
+    student = build_model(
+        "text_transformer", num_classes=3, input_shape=(L,), d_model=32, heads=2, tokenizer=assets["model"]
+    )
     return teacher, student
 
 
@@ -207,10 +215,15 @@ def test_one_small_step_raises_the_divergence(assets, space, eta):
 def test_masked_positions_unchanged_and_simplex(assets, space):
     teacher, student = _pair(assets)
     ids = _tweets(assets).train.x[:20]
-    out = generate(teacher, student, ids, TextBackwardParams(space=space, eta=2.0 if space == "relaxed" else 0.3),
-                   torch.Generator().manual_seed(0))
+    out = generate(
+        teacher,
+        student,
+        ids,
+        TextBackwardParams(space=space, eta=2.0 if space == "relaxed" else 0.3),
+        torch.Generator().manual_seed(0),
+    )
     x, x0, ids_t = out["x"], out["x0"], out["ids"]
-    assert x.shape[1] <= L and torch.equal(ids_t, ids[:, :x.shape[1]])
+    assert x.shape[1] <= L and torch.equal(ids_t, ids[:, : x.shape[1]])
     special = torch.isin(ids_t, torch.tensor([0, 1, 2, 3, 4]))
     assert torch.equal(out["mask"], ~special)
     assert torch.equal(x[special], x0[special])  # padding and [CLS]/[SEP] untouched
@@ -231,8 +244,14 @@ def test_random_control_has_equal_norm(assets, space):
     ids = _tweets(assets).train.x[:12]
     kw = {"space": space, "eta": 0.5 if space == "relaxed" else 0.1, "steps": 2}
     g = generate(teacher, student, ids, TextBackwardParams(**kw), torch.Generator().manual_seed(0), record=True)
-    r = generate(teacher, student, ids, TextBackwardParams(direction="random", **kw),
-                 torch.Generator().manual_seed(0), record=True)
+    r = generate(
+        teacher,
+        student,
+        ids,
+        TextBackwardParams(direction="random", **kw),
+        torch.Generator().manual_seed(0),
+        record=True,
+    )
     assert len(g["steps"]) == len(r["steps"]) == 2
     for sg, sr in zip(g["steps"], r["steps"]):
         ng, nr = sg.reshape(len(sg), -1).norm(dim=1), sr.reshape(len(sr), -1).norm(dim=1)
@@ -244,8 +263,9 @@ def test_random_control_has_equal_norm(assets, space):
 
 def test_embedding_space_needs_equal_widths(assets):
     teacher, _ = _pair(assets)
-    student = build_model("text_transformer", num_classes=3, input_shape=(L,), d_model=16, heads=2,
-                          tokenizer=assets["model"])
+    student = build_model(
+        "text_transformer", num_classes=3, input_shape=(L,), d_model=16, heads=2, tokenizer=assets["model"]
+    )
     with pytest.raises(KDLabError, match="same embedding width"):
         generate(teacher, student, _tweets(assets).train.x[:4], TextBackwardParams(space="embedding"))
 
@@ -275,8 +295,16 @@ def test_project_simplex_is_exact():
 def test_view_call_and_errors(assets):
     teacher, student = _pair(assets)
     ids = _tweets(assets).train.x[:8]
-    inp = ViewInput(x=ids, y=torch.zeros(8, dtype=torch.long), idx=torch.arange(8),
-                    gen=torch.Generator().manual_seed(0), teacher=teacher, student=student, lo=None, hi=None)
+    inp = ViewInput(
+        x=ids,
+        y=torch.zeros(8, dtype=torch.long),
+        idx=torch.arange(8),
+        gen=torch.Generator().manual_seed(0),
+        teacher=teacher,
+        student=student,
+        lo=None,
+        hi=None,
+    )
     vb = TextBackward({"fraction": 0.5})(inp)
     assert len(vb.x) == 4 and vb.x.dim() == 3 and vb.teacher.logits.shape == (4, 3)
     assert {"d_before", "d_after", "l2", "moved", "tokens"} <= set(vb.stats)
@@ -290,22 +318,38 @@ def test_view_call_and_errors(assets):
 def _recipe(assets, tmp_path, views=()):
     voc = {"tokenizer": assets["model"]}
     embedding = any(v.get("space") == "embedding" for v in views)  # needs the teacher's width
-    return load_recipe({
-        "name": "txt", "out": str(tmp_path),
-        "data": {"name": "tweets", "kwargs": {"root": assets["csv"], "tokenizer": assets["model"], "max_length": L},
-                 "batch_size": 24},
-        "student": {"name": "text_transformer", "kwargs": {"d_model": 32 if embedding else 16, "heads": 2, "layers": 1,
-                                                           **voc}},
-        "teacher": {"model": {"name": "text_transformer", "kwargs": {"d_model": 32, "heads": 2, **voc}}},
-        "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4.0}},
-        "views": list(views), "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
-        "schedule": {"epochs": 1, "name": "constant"}, "train": {"tensorboard": False, "grad_clip": 5.0},
-    })
+    return load_recipe(
+        {
+            "name": "txt",
+            "out": str(tmp_path),
+            "data": {
+                "name": "tweets",
+                "kwargs": {"root": assets["csv"], "tokenizer": assets["model"], "max_length": L},
+                "batch_size": 24,
+            },
+            "student": {
+                "name": "text_transformer",
+                "kwargs": {"d_model": 32 if embedding else 16, "heads": 2, "layers": 1, **voc},
+            },
+            "teacher": {"model": {"name": "text_transformer", "kwargs": {"d_model": 32, "heads": 2, **voc}}},
+            "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4.0}},
+            "views": list(views),
+            "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+            "schedule": {"epochs": 1, "name": "constant"},
+            "train": {"tensorboard": False, "grad_clip": 5.0},
+        }
+    )
 
 
-@pytest.mark.parametrize("views", [(), ({"name": "backward_text", "eta": 1.0},),
-                                   ({"name": "backward_text", "direction": "random"},),
-                                   ({"name": "backward_text", "space": "embedding"},)])
+@pytest.mark.parametrize(
+    "views",
+    [
+        (),
+        ({"name": "backward_text", "eta": 1.0},),
+        ({"name": "backward_text", "direction": "random"},),
+        ({"name": "backward_text", "space": "embedding"},),
+    ],
+)
 def test_run_recipe_smoke(assets, tmp_path, views):
     summary = run_recipe(_recipe(assets, tmp_path, views), quiet=True)
     assert summary["status"] == "finished" and 0 <= summary["final"]["test/top1"] <= 1

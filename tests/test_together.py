@@ -16,20 +16,27 @@ SEEDS = (0, 1, 2)
 
 
 def recipe(out, seed):
-    return load_recipe({
-        "name": "tg", "out": str(out), "seed": seed,
-        "data": {"name": "digits", "batch_size": 128, "augment": [{"name": "crop", "padding": 1}]},
-        "student": {"name": "smallcnn", "kwargs": {"width": 0.25, "dropout": 0.3}},
-        "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
-        "objective": {"ce": {"weight": 0.1}, "kd": {}},
-        "schedule": {"epochs": 2}, "train": {"tensorboard": False, "progress": False},
-    })
+    return load_recipe(
+        {
+            "name": "tg",
+            "out": str(out),
+            "seed": seed,
+            "data": {"name": "digits", "batch_size": 128, "augment": [{"name": "crop", "padding": 1}]},
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25, "dropout": 0.3}},
+            "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
+            "objective": {"ce": {"weight": 0.1}, "kd": {}},
+            "schedule": {"epochs": 2},
+            "train": {"tensorboard": False, "progress": False},
+        }
+    )
 
 
 def folder(out, seed):
     d = out / "tg" / f"seed{seed}"
-    lines = [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")}
-             for x in (d / "metrics.jsonl").read_text().splitlines()]
+    lines = [
+        {k: v for k, v in json.loads(x).items() if not k.startswith("time/")}
+        for x in (d / "metrics.jsonl").read_text().splitlines()
+    ]
     return load_file(str(d / "student.safetensors")), lines
 
 

@@ -17,9 +17,13 @@ from kdlab.errors import KDLabError
 from kdlab.recipe import load_recipe
 from kdlab.registry import DATASETS
 
-TINY = {"name": "tiny", "data": {"name": "digits", "batch_size": 64, "kwargs": {"train_subset": 130}},
-        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}}, "schedule": {"epochs": 1},
-        "train": {"tensorboard": False, "precision": "fp32"}}
+TINY = {
+    "name": "tiny",
+    "data": {"name": "digits", "batch_size": 64, "kwargs": {"train_subset": 130}},
+    "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+    "schedule": {"epochs": 1},
+    "train": {"tensorboard": False, "precision": "fp32"},
+}
 
 
 def tiny(tmp_path, **over):
@@ -38,13 +42,16 @@ def one_line_error(capsys, argv) -> str:
 
 
 # ------------------------------------------------------------------------------- item 5: recipe files
-@pytest.mark.parametrize("name, content, message", [
-    ("bad.yaml", "name: kd\nstudent: {name: smallcnn\n", "YAML syntax error at line"),
-    ("bad.toml", "name = 'kd'\nstudent = {name = \n", "TOML syntax error"),
-    ("bin.yaml", b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not a text file"),
-    ("self.yaml", "base: self.yaml\nname: kd\n", "includes itself"),
-    ("folder.yaml", None, "is a folder"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.yaml", "name: kd\nstudent: {name: smallcnn\n", "YAML syntax error at line"),
+        ("bad.toml", "name = 'kd'\nstudent = {name = \n", "TOML syntax error"),
+        ("bin.yaml", b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not a text file"),
+        ("self.yaml", "base: self.yaml\nname: kd\n", "includes itself"),
+        ("folder.yaml", None, "is a folder"),
+    ],
+)
 def test_bad_recipe_files_are_one_line(tmp_path, capsys, monkeypatch, name, content, message):
     monkeypatch.chdir(tmp_path)
     p = tmp_path / name
@@ -57,18 +64,21 @@ def test_bad_recipe_files_are_one_line(tmp_path, capsys, monkeypatch, name, cont
     assert message in one_line_error(capsys, ["run", name])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("objective={kd: 0.5}", "[kd] expected a mapping of parameters"),
-    ("seed=1e20", "seed:"),
-    ("seed=100000000000000000000", "seed:"),
-    ("student.kwargs.num_classes=3", "student.kwargs: num_classes: set from the dataset"),
-    ("objective={ce: {weight: -1}}", "[ce] weight: must be a finite number >= 0"),
-    ("optim.momentum=5", "optim.momentum:"),
-    ("optim.lr=.inf", "optim.lr:"),
-    ("name=../escape", "a run name is a folder inside `out`"),
-    ("name=/tmp/abs", "a run name is a folder inside `out`"),
-    ("teacher={run: some/run, model: smallcnn}", "either `run:`"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("objective={kd: 0.5}", "[kd] expected a mapping of parameters"),
+        ("seed=1e20", "seed:"),
+        ("seed=100000000000000000000", "seed:"),
+        ("student.kwargs.num_classes=3", "student.kwargs: num_classes: set from the dataset"),
+        ("objective={ce: {weight: -1}}", "[ce] weight: must be a finite number >= 0"),
+        ("optim.momentum=5", "optim.momentum:"),
+        ("optim.lr=.inf", "optim.lr:"),
+        ("name=../escape", "a run name is a folder inside `out`"),
+        ("name=/tmp/abs", "a run name is a folder inside `out`"),
+        ("teacher={run: some/run, model: smallcnn}", "either `run:`"),
+    ],
+)
 def test_bad_values_are_one_line_errors(tmp_path, capsys, monkeypatch, override, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "r.yaml").write_text(json.dumps(TINY))
@@ -114,13 +124,18 @@ def test_bad_teacher_checkpoints_are_one_line(tmp_path):
     save_file({k: v.contiguous() for k, v in wide.state_dict().items()}, str(tmp_path / "wide.safetensors"))
     data = (tmp_path / "wide.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 3])
-    cases = [("pickled.pt", "holds pickled objects"), ("cut.safetensors", "corrupt or truncated"),
-             ("wide.safetensors", "shape mismatch")]
+    cases = [
+        ("pickled.pt", "holds pickled objects"),
+        ("cut.safetensors", "corrupt or truncated"),
+        ("wide.safetensors", "shape mismatch"),
+    ]
     for name, message in cases:
         teacher = {"model": {"name": "smallcnn", "kwargs": {"width": 1.0}}, "checkpoint": str(tmp_path / name)}
         with pytest.raises(KDLabError, match=message) as e:
-            run_recipe(tiny(tmp_path, name=name.split(".")[0], teacher=teacher,
-                            objective={"ce": {"weight": 0.1}, "kd": {}}), quiet=True)
+            run_recipe(
+                tiny(tmp_path, name=name.split(".")[0], teacher=teacher, objective={"ce": {"weight": 0.1}, "kd": {}}),
+                quiet=True,
+            )
         assert "\n" not in str(e.value)
 
 
@@ -150,11 +165,14 @@ def _register(name, train, test, num_classes=3, std=(1.0, 1.0)):
         DATASETS.register(name)(lambda: Dataset(name, train, test, num_classes, (0.0, 0.0), std))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("label", "the train split has label 5 at sample 3 (1 such); labels must be in [0, 3)"),
-    ("nan", "the test split has a NaN or infinite input at sample 7 (2 samples affected)"),
-    ("const", "input channel 1 is constant on the train split (std 0.0)"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("label", "the train split has label 5 at sample 3 (1 such); labels must be in [0, 3)"),
+        ("nan", "the test split has a NaN or infinite input at sample 7 (2 samples affected)"),
+        ("const", "input channel 1 is constant on the train split (std 0.0)"),
+    ],
+)
 def test_bad_data_is_caught_before_training(tmp_path, case, message):
     g = torch.Generator().manual_seed(0)
     train = Split(torch.rand(40, 2, 4, 4, generator=g), torch.arange(40) % 3)
@@ -268,8 +286,11 @@ def test_broken_run_folder_recipe_and_teacher_weights_say_how_to_restart(tmp_pat
     data = (run / "student.safetensors").read_bytes()
     (run / "student.safetensors").write_bytes(data[:100])
     student = tiny(tmp_path, name="student", teacher={"run": str(run)}, objective={"kd": {}})
-    with pytest.raises(KDLabError, match=r"teacher run .*student.safetensors is corrupt or truncated.*--force` "
-                                         "retrains it"):
+    with pytest.raises(
+        KDLabError,
+        match=r"teacher run .*student.safetensors is corrupt or truncated.*--force` "
+        "retrains it",
+    ):
         run_recipe(student, quiet=True)
     (run / "recipe.yaml").write_text("name: [tiny\n")
     with pytest.raises(KDLabError, match=r"recipe.yaml: YAML syntax error at line 2.*`--force` restarts the run"):

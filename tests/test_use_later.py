@@ -24,9 +24,15 @@ def _npz(*, path: str) -> Dataset:
     z = np.load(path)
     x = torch.from_numpy(z["train_x"])
     flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()
-    return Dataset("_test_npz", Split(x, torch.from_numpy(z["train_y"])),
-                   Split(torch.from_numpy(z["test_x"]), torch.from_numpy(z["test_y"])), 10,
-                   tuple(flat.mean(1).tolist()), tuple(flat.std(1).tolist()), classes=[f"digit{i}" for i in range(10)])
+    return Dataset(
+        "_test_npz",
+        Split(x, torch.from_numpy(z["train_y"])),
+        Split(torch.from_numpy(z["test_x"]), torch.from_numpy(z["test_y"])),
+        10,
+        tuple(flat.mean(1).tolist()),
+        tuple(flat.std(1).tolist()),
+        classes=[f"digit{i}" for i in range(10)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +44,30 @@ def trained(tmp_path_factory):
     ds = build_dataset("digits")
     data = root / "data" / "digits.npz"
     data.parent.mkdir()
-    np.savez(data, train_x=ds.train.x.numpy(), train_y=ds.train.y.numpy(), test_x=ds.test.x.numpy(),
-             test_y=ds.test.y.numpy())
-    recipe = load_recipe({"name": "ce", "data": {"name": "_test_npz", "kwargs": {"path": str(data)}, "batch_size": 128},
-                          "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
-                          "schedule": {"epochs": 2, "milestones": []},
-                          "train": {"tensorboard": False, "progress": False}})
+    np.savez(
+        data, train_x=ds.train.x.numpy(), train_y=ds.train.y.numpy(), test_x=ds.test.x.numpy(), test_y=ds.test.y.numpy()
+    )
+    recipe = load_recipe(
+        {
+            "name": "ce",
+            "data": {"name": "_test_npz", "kwargs": {"path": str(data)}, "batch_size": 128},
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+            "schedule": {"epochs": 2, "milestones": []},
+            "train": {"tensorboard": False, "progress": False},
+        }
+    )
     run = root / "run"
     summary = run_recipe(recipe, run_dir=run, quiet=True)
     np.savez(root / "test.npz", x_test=ds.test.x.numpy(), y_test=ds.test.y.numpy())  # as the arrays dataset names them
-    return {"root": root, "run": run, "data": data, "summary": summary, "test_x": ds.test.x, "test_y": ds.test.y,
-            "train_x": ds.train.x}
+    return {
+        "root": root,
+        "run": run,
+        "data": data,
+        "summary": summary,
+        "test_x": ds.test.x,
+        "test_y": ds.test.y,
+        "train_x": ds.train.x,
+    }
 
 
 def _reference_logits(run, x):
@@ -105,10 +124,10 @@ def test_export_needs_neither_the_data_nor_the_training_directory(trained, tmp_p
     finally:
         shutil.move(data_backup, trained["data"])
     out = capsys.readouterr().out
-    lines = out[:out.index("{")].splitlines()
+    lines = out[: out.index("{")].splitlines()
     assert lines[0] == "exported student weights (no teacher, no connectors) to s.safetensors"
     preds = [int(r["class"]) for r in csv.DictReader(lines[1:])]
-    assert json.loads(out[out.index("{"):])["test/top1"] == pytest.approx(trained["summary"]["final"]["test/top1"])
+    assert json.loads(out[out.index("{") :])["test/top1"] == pytest.approx(trained["summary"]["final"]["test/top1"])
     acc = float((torch.tensor(preds) == trained["test_y"]).float().mean())
     assert acc == pytest.approx(trained["summary"]["final"]["test/top1"], abs=1e-6)
 
@@ -142,22 +161,33 @@ def test_eval_on_the_runs_data_and_on_a_named_dataset(trained, tmp_path, capsys)
     assert best["test/top1"] == pytest.approx(trained["summary"]["best"]["test/top1"], abs=1e-6)
     small = tmp_path / "small.npz"  # 4x4 images: a clear error, not a shape crash inside the network
     rng = np.random.default_rng(0)
-    np.savez(small, train_x=rng.random((3, 1, 4, 4), np.float32), train_y=np.zeros(3, np.int64),
-             test_x=rng.random((3, 1, 4, 4), np.float32), test_y=np.zeros(3, np.int64))
+    np.savez(
+        small,
+        train_x=rng.random((3, 1, 4, 4), np.float32),
+        train_y=np.zeros(3, np.int64),
+        test_x=rng.random((3, 1, 4, 4), np.float32),
+        test_y=np.zeros(3, np.int64),
+    )
     (tmp_path / "d.yaml").write_text(f"data: {{name: _test_npz, kwargs: {{path: {small}}}}}\n")
     assert main(["eval", str(trained["run"]), "--data", str(tmp_path / "d.yaml")]) == 2
     assert "has inputs (1, 4, 4), the student takes (1, 8, 8)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["predict", "RUN", "nothing.npy"], "input nothing.npy not found"),
-    (["predict", "RUN", "WRONG"], "the student takes N×1×8×8"),
-    (["predict", "RUN", "T.txt"], "does not take text"),
-    (["export", "RUN", "--out", "x.bin", "--format", "tflite"], "--format 'tflite' is not known"),
-    (["predict", "nowhere", "x.npy"], "nowhere not found"),
-    pytest.param(["eval", "RUN", "--device", "cuda"], "--device: cuda requested but no CUDA device",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "RUN", "nothing.npy"], "input nothing.npy not found"),
+        (["predict", "RUN", "WRONG"], "the student takes N×1×8×8"),
+        (["predict", "RUN", "T.txt"], "does not take text"),
+        (["export", "RUN", "--out", "x.bin", "--format", "tflite"], "--format 'tflite' is not known"),
+        (["predict", "nowhere", "x.npy"], "nowhere not found"),
+        pytest.param(
+            ["eval", "RUN", "--device", "cuda"],
+            "--device: cuda requested but no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present"),
+        ),
+    ],
+)
 def test_use_errors_are_one_line(trained, tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "wrong.npy", np.zeros((3, 8, 8), np.float32))
@@ -205,17 +235,22 @@ def test_predict_text_lines_with_the_recorded_tokenizer(tmp_path, capsys):
     for name, n in (("train.tsv", 40), ("dev.tsv", 12)):
         rows = []
         for i in range(n):
-            mood = words[3 * (i % 2):3 * (i % 2) + 3]  # positive words for label 0, negative for 1
+            mood = words[3 * (i % 2) : 3 * (i % 2) + 3]  # positive words for label 0, negative for 1
             sent = " ".join(rng.choice(mood, 2).tolist() + rng.choice(words[6:], 3).tolist())
             rows.append((sent, i % 2))
         (glue / name).write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
         dev = rows
     data = {"root": str(glue), "tokenizer": str(tok_dir), "max_length": 12}
-    recipe = load_recipe({"name": "txt", "data": {"name": "glue", "kwargs": data, "batch_size": 8},
-                          "student": {"name": "bag_of_embeddings",
-                                      "kwargs": {"tokenizer": str(tok_dir), "embed_dim": 16}},
-                          "optim": {"name": "adamw", "lr": 1e-2}, "schedule": {"epochs": 2, "name": "constant"},
-                          "train": {"tensorboard": False, "progress": False}})
+    recipe = load_recipe(
+        {
+            "name": "txt",
+            "data": {"name": "glue", "kwargs": data, "batch_size": 8},
+            "student": {"name": "bag_of_embeddings", "kwargs": {"tokenizer": str(tok_dir), "embed_dim": 16}},
+            "optim": {"name": "adamw", "lr": 1e-2},
+            "schedule": {"epochs": 2, "name": "constant"},
+            "train": {"tensorboard": False, "progress": False},
+        }
+    )
     run = tmp_path / "run"
     summary = run_recipe(recipe, run_dir=run, quiet=True)
     rec = json.loads((run / "preprocess.json").read_text())
@@ -241,4 +276,6 @@ def test_a_run_from_before_preprocess_json_rebuilds_it_once(trained, tmp_path):
     shutil.copytree(trained["run"], old)
     (old / "preprocess.json").unlink()
     export_run(old, tmp_path / "s.safetensors")  # the data is still there: read once, then recorded
-    assert json.loads((old / "preprocess.json").read_text()) == json.loads((trained["run"] / "preprocess.json").read_text())
+    assert json.loads((old / "preprocess.json").read_text()) == json.loads(
+        (trained["run"] / "preprocess.json").read_text()
+    )

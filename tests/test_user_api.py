@@ -27,8 +27,17 @@ def test_distill_trains_the_given_student_through_a_run_folder(tmp_path, capsys)
     teacher, student = _mlp(32, 0), _mlp(8, 1)
     train, (xt, yt) = _data(240, 0), _data(120, 1)
     before = [p.detach().clone() for p in student.parameters()]
-    out, summary = kdlab.distill(teacher, student, train=train, test=TensorDataset(xt, yt), method="kd", epochs=2,
-                                 out=str(tmp_path), optim={"lr": 0.1}, **{"train.tensorboard": False})
+    out, summary = kdlab.distill(
+        teacher,
+        student,
+        train=train,
+        test=TensorDataset(xt, yt),
+        method="kd",
+        epochs=2,
+        out=str(tmp_path),
+        optim={"lr": 0.1},
+        **{"train.tensorboard": False},
+    )
     assert out is student and not out.training and summary["status"] == "finished"
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     with torch.no_grad():  # inputs reach the student as given (no normalisation by default)
@@ -40,8 +49,17 @@ def test_distill_trains_the_given_student_through_a_run_folder(tmp_path, capsys)
     assert json.loads((run / "summary.json").read_text())["final"] == summary["final"]
 
     # the same call again (a notebook re-run, or a new process) returns the finished run and its weights
-    again, summary2 = kdlab.distill(teacher, _mlp(8, 5), train=train, test=(xt, yt), method="kd", epochs=2,
-                                    out=str(tmp_path), optim={"lr": 0.1}, **{"train.tensorboard": False})
+    again, summary2 = kdlab.distill(
+        teacher,
+        _mlp(8, 5),
+        train=train,
+        test=(xt, yt),
+        method="kd",
+        epochs=2,
+        out=str(tmp_path),
+        optim={"lr": 0.1},
+        **{"train.tensorboard": False},
+    )
     assert summary2["final"] == summary["final"]
     assert all(torch.equal(a, b) for a, b in zip(again.parameters(), student.parameters()))
     from kdlab.cli import main
@@ -53,13 +71,23 @@ def test_distill_trains_the_given_student_through_a_run_folder(tmp_path, capsys)
     assert "resume from Python" in capsys.readouterr().err
     DATASETS.add(saved["data"]["name"], lambda: None, replace=True)
     with pytest.raises(KDLabError, match="holds another run"):  # other data never reuses that run
-        kdlab.distill(teacher, _mlp(8, 1), train=_data(240, 7), test=(xt, yt), method="kd", epochs=2,
-                      out=str(tmp_path), optim={"lr": 0.1}, **{"train.tensorboard": False})
+        kdlab.distill(
+            teacher,
+            _mlp(8, 1),
+            train=_data(240, 7),
+            test=(xt, yt),
+            method="kd",
+            epochs=2,
+            out=str(tmp_path),
+            optim={"lr": 0.1},
+            **{"train.tensorboard": False},
+        )
 
 
 def test_plain_training_without_a_teacher_and_a_held_out_fraction(tmp_path):
-    student, summary = kdlab.distill(None, _mlp(8, 2), train=_data(100, 3), method="ce", epochs=1,
-                                     out=str(tmp_path), **{"train.tensorboard": False})
+    student, summary = kdlab.distill(
+        None, _mlp(8, 2), train=_data(100, 3), method="ce", epochs=1, out=str(tmp_path), **{"train.tensorboard": False}
+    )
     saved = yaml.safe_load((tmp_path / "ce" / "seed0" / "recipe.yaml").read_text())
     assert saved["teacher"] is None and summary["status"] == "finished"
     with pytest.raises(KDLabError, match="needs a teacher"):

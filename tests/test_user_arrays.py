@@ -37,8 +37,13 @@ def test_train_and_test_files_in_every_format_and_declared_stats(tmp_path):
     torch.save({"x": torch.from_numpy(x[:10]), "y": torch.from_numpy(y[:10])}, tmp_path / "t.pt")
     save_file({"x": torch.from_numpy(x[:10]), "y": torch.from_numpy(y[:10])}, str(tmp_path / "t.safetensors"))
     for test in ("t.pt", "t.safetensors"):
-        ds = build_dataset("arrays", train=[str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                           test=str(tmp_path / test), mean=[1.0, 2.0, 3.0], std=2.0)
+        ds = build_dataset(
+            "arrays",
+            train=[str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+            test=str(tmp_path / test),
+            mean=[1.0, 2.0, 3.0],
+            std=2.0,
+        )
         assert ds.input_shape == (3,) and ds.num_classes == 4
         assert ds.mean == (1.0, 2.0, 3.0) and ds.std == (2.0, 2.0, 2.0)
         assert torch.equal(ds.test.x, torch.from_numpy(x[:10]))
@@ -48,8 +53,9 @@ def test_train_and_test_files_in_every_format_and_declared_stats(tmp_path):
     assert torch.bincount(ds.test.y).tolist() == [3, 3, 2, 2]  # stratified: 2.5 each, ties to lower classes
     joined = torch.cat([ds.train.x, ds.test.x])  # a partition of the data, nothing duplicated or lost
     assert sorted(map(tuple, joined.tolist())) == sorted(map(tuple, torch.from_numpy(x).tolist()))
-    none = build_dataset("arrays", train=[str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], test_fraction=0.25,
-                         mean="none", std="none")
+    none = build_dataset(
+        "arrays", train=[str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], test_fraction=0.25, mean="none", std="none"
+    )
     assert none.mean == (0.0,) * 3 and none.std == (1.0,) * 3
 
 
@@ -66,15 +72,18 @@ def _train_rows(ds, x):
     return [int((flat == r).all(1).nonzero()[0]) for r in ds.train.x.reshape(len(ds.train), -1)]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({}, "give `path:`"),
-    ({"path": "nowhere.npz"}, "data file not found: nowhere.npz"),
-    ({"path": "d.csv"}, "unsupported suffix '.csv'"),
-    ({"path": "{tmp}/d.npz"}, "no test data"),
-    ({"path": "{tmp}/d.npz", "test_fraction": 0.5, "x_key": "inputs"}, "no array 'inputs'"),
-    ({"path": "{tmp}/d.npz", "test_fraction": 0.5, "mean": [0, 0]}, "data.kwargs.mean: 2 values for 1 channels"),
-    ({"path": "{tmp}/neg.npz", "test_fraction": 0.5}, "class indices 0..K-1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "give `path:`"),
+        ({"path": "nowhere.npz"}, "data file not found: nowhere.npz"),
+        ({"path": "d.csv"}, "unsupported suffix '.csv'"),
+        ({"path": "{tmp}/d.npz"}, "no test data"),
+        ({"path": "{tmp}/d.npz", "test_fraction": 0.5, "x_key": "inputs"}, "no array 'inputs'"),
+        ({"path": "{tmp}/d.npz", "test_fraction": 0.5, "mean": [0, 0]}, "data.kwargs.mean: 2 values for 1 channels"),
+        ({"path": "{tmp}/neg.npz", "test_fraction": 0.5}, "class indices 0..K-1"),
+    ],
+)
 def test_errors_are_one_line(tmp_path, kwargs, message):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2, 2), np.float32), y=np.array([0, 1, 0, 1]))
     np.savez(tmp_path / "neg.npz", x=np.zeros((4, 2, 2), np.float32), y=np.array([0, -1, 0, 1]))

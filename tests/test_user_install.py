@@ -25,8 +25,24 @@ def wheel(tmp_path_factory):
     for name in ("src", "recipes"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     out = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
-                        "--no-index", "-q", "-w", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(src),
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (whl,) = out.glob("kdlab-*.whl")
     return zipfile.ZipFile(whl)
@@ -43,8 +59,9 @@ def test_wheel_carries_license_types_and_recipes(wheel):
 
 def test_metadata_never_pins_torch_and_gives_310_its_toml_parser(wheel):
     (meta,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
-    requires = [ln.split(":", 1)[1].strip() for ln in wheel.read(meta).decode().splitlines()
-                if ln.startswith("Requires-Dist:")]
+    requires = [
+        ln.split(":", 1)[1].strip() for ln in wheel.read(meta).decode().splitlines() if ln.startswith("Requires-Dist:")
+    ]
     assert "torch>=2.3" in requires
     assert any(r.startswith("tomli") and 'python_version < "3.11"' in r for r in requires)
     for r in requires:  # extras: neither torch nor torchvision (whose exact torch pin would replace the user's torch)

@@ -95,8 +95,11 @@ def test_new_user_end_to_end(tmp_path):
     _kdlab(proj, "run", "recipes/pair.yaml", "recipes/at.yaml", "--seeds", "0-2")
     teacher = json.loads((proj / "runs/teachers/teacher/seed0/summary.json").read_text())
     assert teacher["final"]["test/top1"] > 0.3  # 10 classes: chance is 0.1
-    summaries = {(m, s): json.loads((proj / f"runs/pair/{m}/seed{s}/summary.json").read_text())
-                 for m in ("kd", "at") for s in range(3)}
+    summaries = {
+        (m, s): json.loads((proj / f"runs/pair/{m}/seed{s}/summary.json").read_text())
+        for m in ("kd", "at")
+        for s in range(3)
+    }
     assert all(v["status"] == "finished" for v in summaries.values())
     at_log = [json.loads(line) for line in (proj / "runs/pair/at/seed0/metrics.jsonl").read_text().splitlines()]
     assert any(k.startswith("train/at") for k in at_log[-1])  # the feature term ran on block1/block2

@@ -86,8 +86,13 @@ def test_every_registry_resolves_module_colon_name(plugin):
 
 def test_module_names_in_a_recipe_validate_and_build(plugin):
     m = plugin.module
-    r = load_recipe({"data": {"name": f"{m}:tiny", "kwargs": {"n": 16}, "augment": [f"{m}:MyFlip"]},
-                     "student": "mlp", "objective": {"ce": {}, "l2": {"term": f"{m}:L2", "weight": 0.25}}})
+    r = load_recipe(
+        {
+            "data": {"name": f"{m}:tiny", "kwargs": {"n": 16}, "augment": [f"{m}:MyFlip"]},
+            "student": "mlp",
+            "objective": {"ce": {}, "l2": {"term": f"{m}:L2", "weight": 0.25}},
+        }
+    )
     assert r.objective["l2"].params.weight == 0.25
     assert type(r.objective["l2"].build()).__name__ == "L2"
     from kdlab.data import build_dataset
@@ -118,12 +123,14 @@ def test_plugins_are_imported_before_validation_and_kept(plugin):
 def test_paths_starting_with_dot_resolve_relative_to_their_file(tmp_path, monkeypatch):
     (tmp_path / "proj" / "recipes").mkdir(parents=True)
     (tmp_path / "proj" / "base.yaml").write_text("data: {name: digits}\nstudent: mlp\n")
-    (tmp_path / "proj" / "recipes" / "r.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "proj" / "recipes" / "r.yaml").write_text(
+        textwrap.dedent("""\
         base: ../base.yaml
         out: runs
         teacher: {run: runs/t/seed0, recipe: ./teacher.yaml, checkpoint: ../w/t.safetensors}
         student: {name: mlp, weights: ./s.pt}
-        """))
+        """)
+    )
     monkeypatch.chdir(tmp_path)  # anywhere but the recipe's folder
     data = read_file("proj/recipes/r.yaml")
     here = (tmp_path / "proj").resolve()
@@ -186,8 +193,11 @@ class _TimmLike(nn.Module):
         self.layer2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
         self.head = nn.Sequential()
         self.head.fc = nn.Linear(8, num_classes)
-        self.feature_info = [dict(module="conv1", num_chs=4, reduction=1), dict(module="layer1", num_chs=8, reduction=2),
-                             dict(module="layer2", num_chs=8, reduction=4)]
+        self.feature_info = [
+            dict(module="conv1", num_chs=4, reduction=1),
+            dict(module="layer1", num_chs=8, reduction=2),
+            dict(module="layer2", num_chs=8, reduction=4),
+        ]
         self.pretrained_cfg = {"classifier": "head.fc"}
 
     def forward(self, x):
@@ -202,8 +212,13 @@ def test_timm_models_get_aliases_from_feature_info(monkeypatch):
     fake.create_model = lambda name, pretrained, num_classes, **kw: _TimmLike(num_classes, **kw)
     monkeypatch.setitem(sys.modules, "timm", fake)
     model = build_model("timm:tiny", num_classes=5, input_shape=(1, 8, 8))
-    assert model.kdlab_taps == {"stage0": "conv1", "stage1": "layer1", "stage2": "layer2", "last": "layer2",
-                                "penultimate": "head.fc:in"}
+    assert model.kdlab_taps == {
+        "stage0": "conv1",
+        "stage1": "layer1",
+        "stage2": "layer2",
+        "last": "layer2",
+        "penultimate": "head.fc:in",
+    }
     cap = Capture(model, ["@stage1", "@penultimate"])
     model(torch.zeros(2, 1, 8, 8))
     feats = cap.pop()
@@ -244,7 +259,8 @@ def test_study_files_resolve_dot_paths_in_inline_recipe_parts(tmp_path, monkeypa
 
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "study.yaml").write_text(
-        "out: runs/s\nbase: [pair.yaml]\nmethods:\n  kd: {recipe: {student: {name: mlp, weights: ./init.pt}}}\n")
+        "out: runs/s\nbase: [pair.yaml]\nmethods:\n  kd: {recipe: {student: {name: mlp, weights: ./init.pt}}}\n"
+    )
     monkeypatch.chdir(tmp_path)
     study, _ = load_study("s/study.yaml")
     assert study.methods["kd"].recipe["student"]["weights"] == str((tmp_path / "s" / "init.pt").resolve())

@@ -22,18 +22,25 @@ class Shift(ExtraView):
     def __call__(self, inp):
         Shift.calls += 1
         lam = torch.full((len(inp.y),), 0.7)
-        return ViewBatch(x=inp.x + self.p.shift, idx=inp.idx, y=inp.y, y_mix=(inp.y, inp.y.flip(0), lam),
-                         stats={"probe": 2.0})
+        return ViewBatch(
+            x=inp.x + self.p.shift, idx=inp.idx, y=inp.y, y_mix=(inp.y, inp.y.flip(0), lam), stats={"probe": 2.0}
+        )
 
 
 def recipe(tmp_path, **view):
-    return load_recipe({
-        "name": "v", "out": str(tmp_path), "data": {"name": "digits", "batch_size": 256},
-        "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
-        "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
-        "objective": {"ce": {"weight": 0.1}, "kd": {}}, "views": [{"name": "_test_shift", **view}],
-        "schedule": {"epochs": 1}, "train": {"tensorboard": False},
-    })
+    return load_recipe(
+        {
+            "name": "v",
+            "out": str(tmp_path),
+            "data": {"name": "digits", "batch_size": 256},
+            "student": {"name": "smallcnn", "kwargs": {"width": 0.25}},
+            "teacher": {"model": {"name": "smallcnn", "kwargs": {"width": 0.5}}},
+            "objective": {"ce": {"weight": 0.1}, "kd": {}},
+            "views": [{"name": "_test_shift", **view}],
+            "schedule": {"epochs": 1},
+            "train": {"tensorboard": False},
+        }
+    )
 
 
 def last_record(tmp_path):
@@ -64,8 +71,9 @@ def test_replace_mode_trains_on_the_view_only(tmp_path):
 
 def test_concat_and_separate_passes_both_train(tmp_path):
     for concat in (True, False):
-        r = load_recipe({**recipe(tmp_path / str(concat)).to_dict(),
-                         "train": {"tensorboard": False, "concat_views": concat}})
+        r = load_recipe(
+            {**recipe(tmp_path / str(concat)).to_dict(), "train": {"tensorboard": False, "concat_views": concat}}
+        )
         s = run_recipe(r, quiet=True)
         assert 0.0 < s["final"]["test/top1"] <= 1.0
 

@@ -76,30 +76,41 @@ def register_data(n: int, batch: int) -> str:
 
     name = f"gpucheck_{n}"
     if name not in DATASETS:
+
         @DATASETS.register(name, description="synthetic CIFAR-10-shaped images (timing only)")
         def _make() -> Dataset:
             g = torch.Generator().manual_seed(0)
             x, y = torch.rand(n, *SHAPE, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
             return Dataset(name, Split(x, y), Split(x[:batch], y[:batch]), CLASSES, (0.5,) * 3, (0.25,) * 3)
+
     return name
 
 
-def kdlab_rate(out: Path, device: str, data: str, n: int, batch: int, teacher: str, student: str, arm: str,
-               compiled: bool) -> float:
+def kdlab_rate(
+    out: Path, device: str, data: str, n: int, batch: int, teacher: str, student: str, arm: str, compiled: bool
+) -> float:
     """Images/s of the second epoch of a fresh 2-epoch kdlab run."""
     from kdlab.engine import run_recipe
     from kdlab.recipe import load_recipe
 
     kd = arm != "student"
     name = f"{arm}-{student}-{batch}-{'c' if compiled else 'e'}"
-    r = {"name": name, "out": str(out), "seed": 0,
-         "data": {"name": data, "batch_size": batch, "eval_batch_size": batch, "augment": ["crop_flip"],
-                  "drop_last": True},
-         "student": {"name": student},
-         "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4}} if kd else {"ce": {}},
-         "schedule": {"epochs": 2, "milestones": []},
-         "train": {"device": device, "tensorboard": False, "progress": False, "eval_every": 100,
-                   "compile": compiled}}
+    r = {
+        "name": name,
+        "out": str(out),
+        "seed": 0,
+        "data": {
+            "name": data,
+            "batch_size": batch,
+            "eval_batch_size": batch,
+            "augment": ["crop_flip"],
+            "drop_last": True,
+        },
+        "student": {"name": student},
+        "objective": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "tau": 4}} if kd else {"ce": {}},
+        "schedule": {"epochs": 2, "milestones": []},
+        "train": {"device": device, "tensorboard": False, "progress": False, "eval_every": 100, "compile": compiled},
+    }
     if kd:
         r["teacher"] = {"model": {"name": teacher}}
         if arm == "cached":
@@ -113,8 +124,10 @@ class Throughput:
     """Images/s per (pair, batch) and arm; the table is rewritten to ``throughput.md`` after every row, so a
     run stopped by its time limit still leaves what it measured."""
 
-    HEAD = ("| pair | batch | plain loop img/s | student-only (eager / compiled) | kdlab live KD | kdlab cached KD "
-            "| live KD vs plain | cached KD vs student-only |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+    HEAD = (
+        "| pair | batch | plain loop img/s | student-only (eager / compiled) | kdlab live KD | kdlab cached KD "
+        "| live KD vs plain | cached KD vs student-only |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
 
     def __init__(self, args, out: Path, tmp: Path):
         self.args, self.out, self.tmp = args, out, tmp
@@ -138,9 +151,13 @@ class Throughput:
                         log(f"{pair} b{batch} {key}: skipped (time budget)")
                         continue
                     try:
-                        r[key] = (plain_kd_rate(args.device, n, batch, teacher, student, CLASSES) if arm == "plain" else
-                                  kdlab_rate(self.tmp / "tp", args.device, data, n, batch, teacher, student, arm,
-                                             compiled))
+                        r[key] = (
+                            plain_kd_rate(args.device, n, batch, teacher, student, CLASSES)
+                            if arm == "plain"
+                            else kdlab_rate(
+                                self.tmp / "tp", args.device, data, n, batch, teacher, student, arm, compiled
+                            )
+                        )
                     except Exception as e:  # noqa: BLE001 - one failed arm must not lose the table
                         log(f"{pair} b{batch} {key}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
                         r[key] = None
@@ -150,12 +167,14 @@ class Throughput:
     def table(self) -> str:
         rows = []
         for (pair, batch), r in self.r.items():
-            fmt = lambda k: f"{r[k]:.0f}" if r.get(k) else "–"  # noqa: E731
-            ratio = lambda a, b: f"{r[a] / r[b]:.2f}" if r.get(a) and r.get(b) else "–"  # noqa: E731
-            rows.append(f"| {pair} | {batch} | {fmt('plain')} | {fmt('student')} / {fmt('student+c')} | "
-                        f"{fmt('live')} / {fmt('live+c')} | {fmt('cached')} / {fmt('cached+c')} | "
-                        f"{ratio('live', 'plain')} / {ratio('live+c', 'plain')} | "
-                        f"{ratio('cached', 'student')} / {ratio('cached+c', 'student+c')} |")
+            fmt = lambda k, r=r: f"{r[k]:.0f}" if r.get(k) else "–"  # noqa: E731
+            ratio = lambda a, b, r=r: f"{r[a] / r[b]:.2f}" if r.get(a) and r.get(b) else "–"  # noqa: E731
+            rows.append(
+                f"| {pair} | {batch} | {fmt('plain')} | {fmt('student')} / {fmt('student+c')} | "
+                f"{fmt('live')} / {fmt('live+c')} | {fmt('cached')} / {fmt('cached+c')} | "
+                f"{ratio('live', 'plain')} / {ratio('live+c', 'plain')} | "
+                f"{ratio('cached', 'student')} / {ratio('cached+c', 'student+c')} |"
+            )
         return self.HEAD + "\n".join(rows)
 
     def projections(self) -> list[str]:
@@ -164,8 +183,10 @@ class Throughput:
             kd = {k: v for k, v in r.items() if k.startswith(("live", "cached")) and v}
             if batch == 64 and kd:
                 k = max(kd, key=kd.get)
-                out.append(f"projection from the throughput table, {pair}, fastest kdlab KD arm at batch 64 ({k}): "
-                           f"{240 * 50_000 / kd[k] / 60:.1f} min of training for 240 epochs of 50,000 images")
+                out.append(
+                    f"projection from the throughput table, {pair}, fastest kdlab KD arm at batch 64 ({k}): "
+                    f"{240 * 50_000 / kd[k] / 60:.1f} min of training for 240 epochs of 50,000 images"
+                )
         return out
 
 
@@ -177,21 +198,40 @@ def end_to_end(args, out: Path, tmp: Path) -> str:
     root = Path(args.data).resolve()
     if not list(root.glob("*.tar.gz")):
         return f"end to end: skipped, no archives in {root} (copy /work/shared/data/cifar10-jpeg/*.tar.gz there)"
-    common = [f"data.kwargs.root={root}", f"train.device={args.device}", "train.progress=false",
-              "train.tensorboard=false", f"out={tmp / 'e2e'}"]
+    common = [
+        f"data.kwargs.root={root}",
+        f"train.device={args.device}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        f"out={tmp / 'e2e'}",
+    ]
     if args.smoke:
         common += ["data.kwargs.train_subset=512", "data.kwargs.test_subset=256"]
     te, se = args.teacher_epochs, args.student_epochs
-    t_recipe = load_recipe([str(ROOT / "recipes/cifar10/teachers/resnet56.yaml")], common + [
-        f"schedule.epochs={te}", f"schedule.milestones=[{max(1, te * 3 // 4)}]", "data.batch_size=128",
-        "optim.lr=0.1"])
+    t_recipe = load_recipe(
+        [str(ROOT / "recipes/cifar10/teachers/resnet56.yaml")],
+        common
+        + [
+            f"schedule.epochs={te}",
+            f"schedule.milestones=[{max(1, te * 3 // 4)}]",
+            "data.batch_size=128",
+            "optim.lr=0.1",
+        ],
+    )
     log(f"teacher resnet56: {te} epochs")
     t = run_recipe(t_recipe, existing="overwrite", quiet=True)
     log(f"teacher top-1 {100 * t['final'].get('test/top1', float('nan')):.2f}")
-    s_recipe = load_recipe([str(ROOT / "recipes/cifar10/resnet56-resnet20.yaml"), str(ROOT / "recipes/methods/kd.yaml")],
-                           common + [f"teacher.run={t_recipe.run_dir()}", f"schedule.epochs={se}",
-                                     f"schedule.milestones=[{max(1, se * 3 // 4)}]", "data.batch_size=64",
-                                     f"train.compile={'true' if args.e2e_compile else 'false'}"])
+    s_recipe = load_recipe(
+        [str(ROOT / "recipes/cifar10/resnet56-resnet20.yaml"), str(ROOT / "recipes/methods/kd.yaml")],
+        common
+        + [
+            f"teacher.run={t_recipe.run_dir()}",
+            f"schedule.epochs={se}",
+            f"schedule.milestones=[{max(1, se * 3 // 4)}]",
+            "data.batch_size=64",
+            f"train.compile={'true' if args.e2e_compile else 'false'}",
+        ],
+    )
     log(f"student resnet20 (KD, batch 64): {se} epochs")
     s = run_recipe(s_recipe, existing="overwrite", quiet=True)
     lines = [json.loads(x) for x in (s_recipe.run_dir() / "metrics.jsonl").read_text().splitlines()]
@@ -200,12 +240,14 @@ def end_to_end(args, out: Path, tmp: Path) -> str:
     n_train = 50_000
     scale = n_train / (512 if args.smoke else n_train)  # the smoke run trains on a 512-image subset
     proj_min = 240 * epoch_s * scale / 60
-    text = (f"teacher resnet56, {te} epochs (batch 128): top-1 {100 * t['final'].get('test/top1', 0):.2f}%\n"
-            f"student resnet20, KD, {se} epochs (batch 64{', compiled' if args.e2e_compile else ''}): top-1 "
-            f"{100 * s['final'].get('test/top1', 0):.2f}% (best {100 * s['best'].get('test/top1', 0):.2f}%)\n"
-            f"measured epoch (median after the first): {epoch_s:.2f} s with evaluation, {train_s:.2f} s training"
-            f"{' (512-image subset)' if args.smoke else ''}\n"
-            f"projected 240-epoch batch-64 protocol (resnet56->resnet20 KD, live teacher): {proj_min:.1f} min\n")
+    text = (
+        f"teacher resnet56, {te} epochs (batch 128): top-1 {100 * t['final'].get('test/top1', 0):.2f}%\n"
+        f"student resnet20, KD, {se} epochs (batch 64{', compiled' if args.e2e_compile else ''}): top-1 "
+        f"{100 * s['final'].get('test/top1', 0):.2f}% (best {100 * s['best'].get('test/top1', 0):.2f}%)\n"
+        f"measured epoch (median after the first): {epoch_s:.2f} s with evaluation, {train_s:.2f} s training"
+        f"{' (512-image subset)' if args.smoke else ''}\n"
+        f"projected 240-epoch batch-64 protocol (resnet56->resnet20 KD, live teacher): {proj_min:.1f} min\n"
+    )
     (out / "e2e.md").write_text(text)
     return text
 
@@ -237,14 +279,17 @@ def main() -> None:
     os.environ.setdefault("KDLAB_CACHE", str(Path(tempfile.gettempdir()) / "kdlab-gpu-check-cache"))
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
-    head = (f"# kdlab GPU check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {name}, torch "
-            f"{torch.__version__}, {os.cpu_count()} CPU cores{' (smoke)' if args.smoke else ''}\n")
+    head = (
+        f"# kdlab GPU check, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {name}, torch "
+        f"{torch.__version__}, {os.cpu_count()} CPU cores{' (smoke)' if args.smoke else ''}\n"
+    )
     print(head, flush=True)
     parts = [head]
     if "tests" not in skip:
         log("1. CUDA-marked tests")
         parts.append(run_tests(out, min(90, left(args.budget_s) - args.reserve_s)))
         print(parts[-1], flush=True)
+
     def write() -> None:  # after every section: a run stopped by its limit keeps what it has
         (out / "summary.md").write_text("\n\n".join(parts + [f"total {time.monotonic() - T0:.0f} s"]) + "\n")
 

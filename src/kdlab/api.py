@@ -27,6 +27,7 @@ from kdlab.registry import DATASETS, MODELS, TERMS
 from kdlab.runfiles import FINAL_WEIGHTS, RECIPE
 from kdlab.shipped import recipes_dir
 
+
 def _as_xy(data: Any, what: str) -> tuple[Any, Any]:
     """``(X, y)`` arrays/tensors, or a map-style dataset of ``(x, y)`` pairs (stacked, so it must fit in memory)."""
     if isinstance(data, (tuple, list)) and len(data) == 2:
@@ -77,10 +78,23 @@ def method_recipe(method: str) -> dict[str, Any]:
     return {"objective": {"ce": {"weight": 0.1}, method: {}}}
 
 
-def distill(teacher: nn.Module | None, student: nn.Module, train: Any, test: Any = None, *, method: str = "kd",
-            epochs: int = 30, out: str = "runs/distill", name: str | None = None, seed: int = 0,
-            test_fraction: float | None = None, mean: Any = "none", std: Any = "none", force: bool = False,
-            **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+def distill(
+    teacher: nn.Module | None,
+    student: nn.Module,
+    train: Any,
+    test: Any = None,
+    *,
+    method: str = "kd",
+    epochs: int = 30,
+    out: str = "runs/distill",
+    name: str | None = None,
+    seed: int = 0,
+    test_fraction: float | None = None,
+    mean: Any = "none",
+    std: Any = "none",
+    force: bool = False,
+    **overrides: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Distil ``teacher`` (frozen, used as given) into ``student`` (trained in place) and return
     ``(student, summary)``.
 
@@ -97,16 +111,30 @@ def distill(teacher: nn.Module | None, student: nn.Module, train: Any, test: Any
     xte, yte = _as_xy(test, "test") if test is not None else (None, None)
     if test is None and test_fraction is None:
         test_fraction = 0.2
-    dataset = from_arrays(xtr, ytr, xte, yte, test_fraction=test_fraction if test is None else None,
-                          mean=mean, std=std, source="kdlab.distill")
+    dataset = from_arrays(
+        xtr,
+        ytr,
+        xte,
+        yte,
+        test_fraction=test_fraction if test is None else None,
+        mean=mean,
+        std=std,
+        source="kdlab.distill",
+    )
     data_name = f"inmemory.data-{_fingerprint(dataset)}"
     dataset.name = data_name
     DATASETS.add(data_name, lambda: dataset, description="arrays given to kdlab.distill", replace=True)
-    data: dict[str, Any] = deep_merge(method_recipe(method), {
-        "name": run, "seed": seed, "out": out, "data": {"name": data_name},
-        "student": {"name": _register_model(student, "student", run)},
-        "schedule": {"epochs": epochs, "milestones": [round(epochs * 0.5), round(epochs * 0.75)]},
-    })
+    data: dict[str, Any] = deep_merge(
+        method_recipe(method),
+        {
+            "name": run,
+            "seed": seed,
+            "out": out,
+            "data": {"name": data_name},
+            "student": {"name": _register_model(student, "student", run)},
+            "schedule": {"epochs": epochs, "milestones": [round(epochs * 0.5), round(epochs * 0.75)]},
+        },
+    )
     if teacher is not None:
         data["teacher"] = {"model": {"name": _register_model(teacher, "teacher", run)}}
     elif method != "ce":
@@ -122,8 +150,10 @@ def distill(teacher: nn.Module | None, student: nn.Module, train: Any, test: Any
     run_dir = recipe.run_dir()
     saved = run_dir / RECIPE
     if not force and saved.exists() and yaml.safe_load(saved.read_text()) != recipe.to_dict():
-        raise KDLabError(f"{run_dir} holds another run (other data, models or settings); pass force=True to "
-                         "replace it, or another name/out")
+        raise KDLabError(
+            f"{run_dir} holds another run (other data, models or settings); pass force=True to "
+            "replace it, or another name/out"
+        )
     summary = run_recipe(recipe, existing="overwrite" if force else "resume")
     fit_weights(student, read_weights(run_dir / FINAL_WEIGHTS), run_dir / FINAL_WEIGHTS)
     return student.eval(), summary

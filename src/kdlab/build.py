@@ -17,8 +17,9 @@ from kdlab.models import build_model
 from kdlab.recipe import ModelSpec
 
 
-def build_network(spec: ModelSpec, num_classes: int, input_shape: Sequence[int], *,
-                  initial_weights: bool = True) -> nn.Module:
+def build_network(
+    spec: ModelSpec, num_classes: int, input_shape: Sequence[int], *, initial_weights: bool = True
+) -> nn.Module:
     """The untrained network ``spec`` names. ``initial_weights=False`` skips ``spec.weights`` (a run's own
     weights replace them anyway, and the file may be gone when a finished run is exported)."""
     try:

@@ -53,7 +53,9 @@ def resolve_module(model: nn.Module, path: str) -> nn.Module:
         return modules[path]
     names = [n for n in modules if n]
     near = nearest(path, names, n=6)
-    hint = f"nearest: {', '.join(near)}" if near else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
+    hint = (
+        f"nearest: {', '.join(near)}" if near else f"top-level modules: {', '.join(n for n in names if '.' not in n)}"
+    )
     raise KDLabError(f"no module {path!r} in {type(model).__name__}; {hint}")
 
 
@@ -92,8 +94,9 @@ class Capture:
 
 
 @torch.no_grad()
-def probe_shapes(model: nn.Module, taps: Iterable[str], input_shape: tuple[int, ...],
-                 device: torch.device | str = "cpu") -> dict[str, torch.Size]:
+def probe_shapes(
+    model: nn.Module, taps: Iterable[str], input_shape: tuple[int, ...], device: torch.device | str = "cpu"
+) -> dict[str, torch.Size]:
     """Per-sample shapes at each tap (and ``"logits"``), from one dummy batch of 2 in eval mode."""
     taps = list(taps)
     was_training = model.training

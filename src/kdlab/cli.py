@@ -43,7 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         current_run(args.resume)
         resume_run(args.resume, wait=args.wait)
         return 0
-    files, overrides = _files_and_overrides(args.recipe, "kdlab run needs at least one RECIPE file (or --resume RUN_DIR)")
+    files, overrides = _files_and_overrides(
+        args.recipe, "kdlab run needs at least one RECIPE file (or --resume RUN_DIR)"
+    )
     if args.out:
         overrides.append(f"out={args.out}")
     base = load_recipe(files, overrides)
@@ -55,8 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         recipes = [base.model_copy(update={"seed": seed}) for seed in args.seeds or [base.seed]]
         with silenced():  # several seeds at once: one line per finished seed instead of bars
             for r, s in zip(recipes, run_together(recipes, existing=existing, wait=args.wait, quiet=True)):
-                print(f"{r.name} seed {r.seed}: top-1 last {100 * s['final'].get('test/top1', float('nan')):.2f} "
-                      f"({s['wall_s']:.1f} s) -> {r.run_dir()}")
+                print(
+                    f"{r.name} seed {r.seed}: top-1 last {100 * s['final'].get('test/top1', float('nan')):.2f} "
+                    f"({s['wall_s']:.1f} s) -> {r.run_dir()}"
+                )
         return 0
     for seed in args.seeds or [base.seed]:
         recipe = base.model_copy(update={"seed": seed})
@@ -90,8 +94,11 @@ def cmd_list(args: argparse.Namespace) -> int:
             extra = [", ".join(options(e.obj))] if kind == "datasets" else []
             model = params_model(e.obj)
             if args.verbose and kind != "datasets":
-                extra = ["\n".join(f"{n}={d}" + (f": {desc}" if desc else "") for n, d, desc in fields(model))
-                         if model is not None else ", ".join(options(e.obj))]
+                extra = [
+                    "\n".join(f"{n}={d}" + (f": {desc}" if desc else "") for n, d, desc in fields(model))
+                    if model is not None
+                    else ", ".join(options(e.obj))
+                ]
             table.add_row(e.name, e.description, e.paper, *extra)
         console.print(table)
     return 0
@@ -112,11 +119,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.report:
         print(study_report(args.study, out=args.out)["markdown"])
         return 0
-    result = run_study(args.study, workers=args.workers, dry_run=args.dry_run, out=args.out,
-                       overrides=args.overrides)
+    result = run_study(args.study, workers=args.workers, dry_run=args.dry_run, out=args.out, overrides=args.overrides)
     if not args.dry_run:
-        print(f"trained {result['trained']}, reused {result['reused']} finished runs"
-              + (f"; teacher caches {result['cache_s']:.1f} s" if result.get("cache_s") else ""))
+        print(
+            f"trained {result['trained']}, reused {result['reused']} finished runs"
+            + (f"; teacher caches {result['cache_s']:.1f} s" if result.get("cache_s") else "")
+        )
         print(result["report"]["markdown"])
     return 0
 
@@ -151,15 +159,30 @@ def cmd_cache(args: argparse.Namespace) -> int:
             meta = read_meta(path)
             if meta is None:
                 raise KDLabError(f"{path} is not a teacher cache (no meta.json)")
-            print(json.dumps({k: meta[k] for k in ("mode", "num_samples", "num_views", "num_classes", "dtype",
-                                                  "topk", "taps", "complete")} | {"size": human(meta["bytes"])}))
+            print(
+                json.dumps(
+                    {
+                        k: meta[k]
+                        for k in (
+                            "mode",
+                            "num_samples",
+                            "num_views",
+                            "num_classes",
+                            "dtype",
+                            "topk",
+                            "taps",
+                            "complete",
+                        )
+                    }
+                    | {"size": human(meta["bytes"])}
+                )
+            )
         return 0
     from kdlab.recipe import load_recipe
     from kdlab.teachers.load import build_for_recipe
 
     files, overrides = _files_and_overrides(args.recipe, "kdlab cache build needs at least one RECIPE file")
-    path = build_for_recipe(load_recipe(files, overrides), teacher=args.teacher, out=args.out,
-                            progress=args.progress)
+    path = build_for_recipe(load_recipe(files, overrides), teacher=args.teacher, out=args.out, progress=args.progress)
     print(f"teacher cache ready: {path}\nuse it with: teacher.cache.path={Path(path)} (or keep cache: auto)")
     return 0
 
@@ -194,8 +217,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from kdlab.predict import evaluate
 
-    metrics = evaluate(args.run, args.data, args.overrides, split=args.split, weights=args.weights,
-                       device=args.device)
+    metrics = evaluate(args.run, args.data, args.overrides, split=args.split, weights=args.weights, device=args.device)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -204,8 +226,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from kdlab.shipped import copy_recipes
 
     dest = copy_recipes(args.path, force=args.force)
-    print(f"copied the shipped recipes to {dest}; e.g. kdlab run {dest / 'digits' / 'pair.yaml'} "
-          f"{dest / 'methods' / 'kd.yaml'}")
+    print(
+        f"copied the shipped recipes to {dest}; e.g. kdlab run {dest / 'digits' / 'pair.yaml'} "
+        f"{dest / 'methods' / 'kd.yaml'}"
+    )
     return 0
 
 
@@ -214,26 +238,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train a recipe (one run folder per seed; resumes unfinished runs)")
-    r.add_argument("recipe", nargs="*", metavar="RECIPE|KEY=VALUE",
-                   help="recipe files (.yaml/.yml/.toml, merged left to right, e.g. a pair file then a method "
-                        "file), then key.path=value overrides, e.g. optim.lr=0.1 objective.kd.tau=2")
+    r.add_argument(
+        "recipe",
+        nargs="*",
+        metavar="RECIPE|KEY=VALUE",
+        help="recipe files (.yaml/.yml/.toml, merged left to right, e.g. a pair file then a method "
+        "file), then key.path=value overrides, e.g. optim.lr=0.1 objective.kd.tau=2",
+    )
     r.add_argument("--seeds", type=_seeds, help="seeds to run, e.g. 0,1,2 or 0-4 (default: the recipe's seed)")
-    r.add_argument("--together", action="store_true", help="train the seeds side by side in this process, one "
-                   "step each in turn (small students on one GPU); each run folder is what a single run writes")
+    r.add_argument(
+        "--together",
+        action="store_true",
+        help="train the seeds side by side in this process, one "
+        "step each in turn (small students on one GPU); each run folder is what a single run writes",
+    )
     r.add_argument("--out", help="parent folder of run folders (overrides the recipe's `out`)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    r.add_argument("--force", action="store_true", help="start over even if the run folder holds a run "
-                   "(never one that another process is training)")
-    r.add_argument("--wait", action="store_true", help="if another process is training the run folder, wait for "
-                   "it (then reuse the finished run) instead of failing")
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="start over even if the run folder holds a run (never one that another process is training)",
+    )
+    r.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another process is training the run folder, wait for "
+        "it (then reuse the finished run) instead of failing",
+    )
     r.set_defaults(fn=cmd_run)
 
     ls = sub.add_parser("list", help="list registered methods, models, datasets or views")
     ls.add_argument("what", nargs="?", choices=["methods", "models", "datasets", "views", "layers"])
-    ls.add_argument("--markdown", action="store_true", help="print Markdown tables with parameter defaults and "
-                    "descriptions (all kinds: docs/catalogue.md)")
-    ls.add_argument("--verbose", "-v", action="store_true", help="show every parameter with its default and "
-                    "description")
+    ls.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print Markdown tables with parameter defaults and descriptions (all kinds: docs/catalogue.md)",
+    )
+    ls.add_argument(
+        "--verbose", "-v", action="store_true", help="show every parameter with its default and description"
+    )
     ls.set_defaults(fn=cmd_list)
 
     rep = sub.add_parser("report", help="aggregate run folders into a Markdown/CSV table and PNG plots")
@@ -261,33 +304,50 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("recipe", nargs="+", metavar="RECIPE|KEY=VALUE")
     dg.add_argument("--epochs", type=int, default=10, help="passes over the training set (default 10)")
     dg.add_argument("--group", type=int, default=5, help="batches per group mean (default 5)")
-    dg.add_argument("--student", metavar="RUN_OR_WEIGHTS",
-                    help="trained student (a run folder or a weights file) for views that score with the student")
+    dg.add_argument(
+        "--student",
+        metavar="RUN_OR_WEIGHTS",
+        help="trained student (a run folder or a weights file) for views that score with the student",
+    )
     dg.set_defaults(fn=cmd_diagnose)
 
-    c = sub.add_parser("cache", help="build a teacher's soft-label cache once (kdlab cache build RECIPE...), "
-                       "or show one (kdlab cache info PATH)")
+    c = sub.add_parser(
+        "cache",
+        help="build a teacher's soft-label cache once (kdlab cache build RECIPE...), "
+        "or show one (kdlab cache info PATH)",
+    )
     c.add_argument("action", choices=["build", "info"])
     c.add_argument("recipe", nargs="+", help="recipe files and key.path=value overrides (build), cache folders (info)")
     c.add_argument("--teacher", type=int, default=0, help="which teacher of a multi-teacher recipe (default 0)")
     c.add_argument("--out", default=None, help="cache folder (default: where `cache: auto` puts it)")
-    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
+    c.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
     c.set_defaults(fn=cmd_cache)
     e = sub.add_parser("export", help="write a run's student (safetensors weights or ONNX) with its preprocessing")
     e.add_argument("run", help="run folder (needs neither the training data nor the training directory)")
     e.add_argument("--out", required=True, help="output file (.safetensors, .onnx)")
     e.add_argument("--weights", choices=["final", "best"], default="final")
-    e.add_argument("--format", default="safetensors",
-                   help="safetensors (default), onnx (checked against ONNX Runtime where it is installed) or hf (a "
-                        "Hugging Face folder for hf_classifier students with head: hf)")
+    e.add_argument(
+        "--format",
+        default="safetensors",
+        help="safetensors (default), onnx (checked against ONNX Runtime where it is installed) or hf (a "
+        "Hugging Face folder for hf_classifier students with head: hf)",
+    )
     e.set_defaults(fn=cmd_export)
 
     pr = sub.add_parser("predict", help="predict raw inputs with a run's or an export's student (its preprocessing)")
     pr.add_argument("student", metavar="RUN_OR_EXPORT", help="run folder, exported .safetensors or .onnx")
-    pr.add_argument("inputs", nargs="+", metavar="INPUT",
-                    help=".npy/.npz arrays of raw inputs (.npz: `x`, optional labels `y`), image files or folders, "
-                         ".txt files (one text per line)")
+    pr.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help=".npy/.npz arrays of raw inputs (.npz: `x`, optional labels `y`), image files or folders, "
+        ".txt files (one text per line)",
+    )
     pr.add_argument("--top-k", type=int, default=1, help="classes per input (default 1)")
     pr.add_argument("--out", help="write .csv or .json instead of printing CSV")
     pr.add_argument("--weights", choices=["final", "best"], default="final", help="for a run folder")
@@ -297,8 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="metrics of a run's student on a dataset (the run's normalisation)")
     ev.add_argument("run", help="run folder (or an exported .safetensors/.onnx, with --data)")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.kwargs.root=/data/other")
-    ev.add_argument("--data", metavar="NAME_OR_RECIPE",
-                    help="a dataset name or a recipe file whose `data:` is used (default: the run's own data)")
+    ev.add_argument(
+        "--data",
+        metavar="NAME_OR_RECIPE",
+        help="a dataset name or a recipe file whose `data:` is used (default: the run's own data)",
+    )
     ev.add_argument("--split", default="test", choices=["test", "train", "val"])
     ev.add_argument("--weights", choices=["final", "best"], default="final")
     ev.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
@@ -333,8 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a full disk or read-only folder mid-run: checkpoints are written atomically, so say so
         if e.errno not in DISK_ERRORS:
             raise
-        print(f"kdlab: error: cannot write {e.filename or 'a run file'}: {e.strerror}; the last epoch checkpoint is "
-              "intact: free space or fix permissions, then `kdlab run --resume RUN_DIR`", file=sys.stderr)
+        print(
+            f"kdlab: error: cannot write {e.filename or 'a run file'}: {e.strerror}; the last epoch checkpoint is "
+            "intact: free space or fix permissions, then `kdlab run --resume RUN_DIR`",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:  # the real resume command, no traceback, the shell's 128 + SIGINT
         from kdlab.engine.progress import interrupted_message

@@ -49,8 +49,9 @@ def load_run_student(run_dir: str | Path, weights: str = "final") -> tuple[nn.Mo
         raise KDLabError(f"weights must be one of {sorted(WEIGHTS)}, got {weights!r}")
     src = run_dir / WEIGHTS[weights]
     if not src.exists():
-        raise KDLabError(f"{src} not found: is {run_dir} a finished kdlab run? (`kdlab run --resume {run_dir}` "
-                         "finishes it)")
+        raise KDLabError(
+            f"{src} not found: is {run_dir} a finished kdlab run? (`kdlab run --resume {run_dir}` finishes it)"
+        )
     record = read_preprocess(run_dir)
     model = build_student(record)
     _load_state(model, src)
@@ -74,8 +75,9 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str = "final", for
     return export_with_message(run_dir, out, weights, format)[0]
 
 
-def export_with_message(run_dir: str | Path, out: str | Path, weights: str = "final",
-                        format: str = "safetensors") -> tuple[Path, str]:
+def export_with_message(
+    run_dir: str | Path, out: str | Path, weights: str = "final", format: str = "safetensors"
+) -> tuple[Path, str]:
     if format not in EXPORTERS:
         raise KDLabError(f"--format {format!r} is not known; choose one of {', '.join(sorted(EXPORTERS))}")
     model, record = load_run_student(run_dir, weights)
@@ -86,10 +88,16 @@ def export_with_message(run_dir: str | Path, out: str | Path, weights: str = "fi
 
 def _metadata(record: dict[str, Any], source: str) -> dict[str, str]:
     """The record, plus the flat keys of the first export format (kept for files read by older code)."""
-    return {"kdlab.preprocess": json.dumps(record), "kdlab.model": json.dumps(record["student"]),
-            "kdlab.num_classes": str(record["num_classes"]), "kdlab.input_shape": json.dumps(record["input_shape"]),
-            "kdlab.mean": json.dumps(record["mean"]), "kdlab.std": json.dumps(record["std"]),
-            "kdlab.dataset": record["dataset"], "kdlab.source": source}
+    return {
+        "kdlab.preprocess": json.dumps(record),
+        "kdlab.model": json.dumps(record["student"]),
+        "kdlab.num_classes": str(record["num_classes"]),
+        "kdlab.input_shape": json.dumps(record["input_shape"]),
+        "kdlab.mean": json.dumps(record["mean"]),
+        "kdlab.std": json.dumps(record["std"]),
+        "kdlab.dataset": record["dataset"],
+        "kdlab.source": source,
+    }
 
 
 @exporter("safetensors")
@@ -122,17 +130,32 @@ def export_onnx(model: nn.Module, record: dict[str, Any], out: Path, source: str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:  # the TorchScript exporter: seconds, and no onnxscript needed
-            torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            torch.onnx.export(
+                model,
+                (x,),
+                str(tmp),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=False,
+            )
         except Exception as first:  # noqa: BLE001  (torch versions without it, or a graph it cannot trace)
             try:
-                torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"],
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True)
+                torch.onnx.export(
+                    model,
+                    (x,),
+                    str(tmp),
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    dynamo=True,
+                )
             except Exception as e:  # noqa: BLE001
                 tmp.unlink(missing_ok=True)
                 why = f"{type(first).__name__}: {str(first).splitlines()[0][:200]}"
-                raise KDLabError(f"torch.onnx.export failed for this student ({why}; "
-                                 f"dynamo: {str(e).splitlines()[0][:200]})") from None
+                raise KDLabError(
+                    f"torch.onnx.export failed for this student ({why}; dynamo: {str(e).splitlines()[0][:200]})"
+                ) from None
     proto = onnx.load(str(tmp))
     for k, v in _metadata(record, source).items():
         proto.metadata_props.add(key=k, value=v)
@@ -142,8 +165,10 @@ def export_onnx(model: nn.Module, record: dict[str, Any], out: Path, source: str
     if diff is None:
         return f"exported ONNX student to {out} (onnxruntime not installed: outputs not checked; {ONNX_HINT})"
     if diff > 1e-4:
-        raise KDLabError(f"{out}: ONNX Runtime's logits differ from PyTorch's by {diff:.2e} (> 1e-4); "
-                         "the student uses an operation the exporter does not reproduce")
+        raise KDLabError(
+            f"{out}: ONNX Runtime's logits differ from PyTorch's by {diff:.2e} (> 1e-4); "
+            "the student uses an operation the exporter does not reproduce"
+        )
     return f"exported ONNX student to {out} (ONNX Runtime matches PyTorch: max |difference| {diff:.1e})"
 
 
@@ -168,10 +193,13 @@ def export_hf(model: nn.Module, record: dict[str, Any], out: Path, source: str) 
     tokenizer = (record.get("text") or {}).get("tokenizer")
     diff = save_pretrained_classifier(model, out, record.get("classes"), tokenizer)
     if diff > 1e-4:
-        raise KDLabError(f"{out}: AutoModelForSequenceClassification's logits differ from the student's by "
-                         f"{diff:.2e} (> 1e-4)")
-    return (f"exported the student as a Hugging Face folder {out} (AutoModelForSequenceClassification."
-            f"from_pretrained gives the same logits: max |difference| {diff:.1e})")
+        raise KDLabError(
+            f"{out}: AutoModelForSequenceClassification's logits differ from the student's by {diff:.2e} (> 1e-4)"
+        )
+    return (
+        f"exported the student as a Hugging Face folder {out} (AutoModelForSequenceClassification."
+        f"from_pretrained gives the same logits: max |difference| {diff:.1e})"
+    )
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -191,9 +219,17 @@ def exported_record(meta: dict[str, str], path: str | Path) -> dict[str, Any]:
     shape = json.loads(meta["kdlab.input_shape"])
     classes = int(meta["kdlab.num_classes"])
     mean = json.loads(meta.get("kdlab.mean", "[]"))
-    return {"version": 0, "dataset": meta.get("kdlab.dataset", ""), "student": json.loads(meta["kdlab.model"]),
-            "num_classes": classes, "classes": [str(i) for i in range(classes)], "input_shape": shape,
-            "input_dtype": "float32" if mean else "int64", "mean": mean, "std": json.loads(meta.get("kdlab.std", "[]"))}
+    return {
+        "version": 0,
+        "dataset": meta.get("kdlab.dataset", ""),
+        "student": json.loads(meta["kdlab.model"]),
+        "num_classes": classes,
+        "classes": [str(i) for i in range(classes)],
+        "input_shape": shape,
+        "input_dtype": "float32" if mean else "int64",
+        "mean": mean,
+        "std": json.loads(meta.get("kdlab.std", "[]")),
+    }
 
 
 def load_exported_with_record(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -208,5 +244,13 @@ def load_exported(path: str | Path) -> nn.Module:
     return load_exported_with_record(path)[0]
 
 
-__all__ = ["EXPORTERS", "export_run", "export_with_message", "exporter", "load_exported",
-           "load_exported_with_record", "load_run_student", "onnx_max_difference"]
+__all__ = [
+    "EXPORTERS",
+    "export_run",
+    "export_with_message",
+    "exporter",
+    "load_exported",
+    "load_exported_with_record",
+    "load_run_student",
+    "onnx_max_difference",
+]

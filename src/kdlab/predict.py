@@ -37,6 +37,7 @@ IMAGE_CHUNK = 256
 
 # ------------------------------------------------------------------------------------------------ students
 
+
 class OnnxStudent:
     """An exported ONNX student behind the same call as a module: logits of a batch (CPU)."""
 
@@ -44,8 +45,9 @@ class OnnxStudent:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise KDLabError(f"{path}: predicting with an ONNX file needs onnxruntime: "
-                             "pip install 'kdlab[onnx]'") from None
+            raise KDLabError(
+                f"{path}: predicting with an ONNX file needs onnxruntime: pip install 'kdlab[onnx]'"
+            ) from None
         self.sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input = self.sess.get_inputs()[0].name
 
@@ -64,8 +66,9 @@ def _onnx_record(path: Path) -> dict[str, Any]:
     return json.loads(meta["kdlab.preprocess"])
 
 
-def load_student(source: str | Path, weights: str = "final",
-                 device: str = "cpu") -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+def load_student(
+    source: str | Path, weights: str = "final", device: str = "cpu"
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
     """(callable student, preprocessing record) from a run folder, a ``.safetensors`` export or an ``.onnx``
     (ONNX Runtime on the CPU). ``device``: cpu, cuda or auto, for PyTorch students."""
     p = Path(source)
@@ -83,6 +86,7 @@ def load_student(source: str | Path, weights: str = "final",
 
 # -------------------------------------------------------------------------------------------------- inputs
 
+
 @dataclass
 class Inputs:
     """Raw inputs read from one path: a batch, a name per row, and labels when the file holds them."""
@@ -99,8 +103,10 @@ def _array_inputs(arr: np.ndarray, name: str, record: dict[str, Any], y: Any = N
     if tuple(x.shape) == shape:  # one sample
         x = x.unsqueeze(0)
     if tuple(x.shape[1:]) != shape:
-        raise KDLabError(f"{name}: inputs have shape {tuple(arr.shape)}, the student takes "
-                         f"N×{'×'.join(map(str, shape))} (raw scale, before normalisation)")
+        raise KDLabError(
+            f"{name}: inputs have shape {tuple(arr.shape)}, the student takes "
+            f"N×{'×'.join(map(str, shape))} (raw scale, before normalisation)"
+        )
     if record.get("input_dtype") == "int64":
         if x.is_floating_point():
             raise KDLabError(f"{name}: the student takes integer token ids, got {arr.dtype} values")
@@ -159,8 +165,10 @@ def read_text(path: Path, record: dict[str, Any]) -> Inputs:
     """One input per non-empty line, tokenised with the recorded tokenizer and max_length."""
     text = record.get("text")
     if text is None:
-        raise KDLabError(f"{path}: this student does not take text (input shape {record['input_shape']}); "
-                         "give .npy/.npz arrays or images")
+        raise KDLabError(
+            f"{path}: this student does not take text (input shape {record['input_shape']}); "
+            "give .npy/.npz arrays or images"
+        )
 
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     ids = tokenize(lines, load_tokenizer(text["tokenizer"]), int(text["max_length"]))
@@ -179,7 +187,7 @@ def read_inputs(paths: list[str | Path], record: dict[str, Any]) -> Iterator[Inp
             if not files:
                 raise KDLabError(f"{p}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
             for i in range(0, len(files), IMAGE_CHUNK):  # a large folder is decoded chunk by chunk
-                yield read_images(files[i:i + IMAGE_CHUNK], record)
+                yield read_images(files[i : i + IMAGE_CHUNK], record)
         elif not p.exists():
             raise KDLabError(f"input {p} not found")
         elif p.suffix.lower() in IMAGE_EXTENSIONS:
@@ -193,6 +201,7 @@ def read_inputs(paths: list[str | Path], record: dict[str, Any]) -> Iterator[Inp
 
 # ---------------------------------------------------------------------------------------------- inference
 
+
 def normalise(x: torch.Tensor, record: dict[str, Any]) -> torch.Tensor:
     """The training-time normalisation (none for token ids or datasets without mean/std)."""
     if not x.is_floating_point() or not record.get("mean"):
@@ -202,16 +211,25 @@ def normalise(x: torch.Tensor, record: dict[str, Any]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logits_of(student: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, record: dict[str, Any],
-              batch_size: int = 256) -> torch.Tensor:
+def logits_of(
+    student: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, record: dict[str, Any], batch_size: int = 256
+) -> torch.Tensor:
     device = next(iter(student.parameters())).device if isinstance(student, torch.nn.Module) else torch.device("cpu")
-    outs = [student(normalise(x[i:i + batch_size].to(device), record)).float().cpu()
-            for i in range(0, len(x), batch_size)]
+    outs = [
+        student(normalise(x[i : i + batch_size].to(device), record)).float().cpu() for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(outs) if outs else torch.zeros(0, int(record["num_classes"]))
 
 
-def predict(source: str | Path, inputs: list[str | Path], *, top_k: int = 1, weights: str = "final",
-            batch_size: int = 256, device: str = "cpu") -> dict[str, Any]:
+def predict(
+    source: str | Path,
+    inputs: list[str | Path],
+    *,
+    top_k: int = 1,
+    weights: str = "final",
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Predictions for every input row: ``{"rows": [...], "accuracy": {file: top-1}}`` (accuracy only for
     ``.npz`` files that hold labels ``y``)."""
     student, record = load_student(source, weights, device)
@@ -256,6 +274,7 @@ def write_predictions(result: dict[str, Any], out: str | Path) -> Path:
 
 # --------------------------------------------------------------------------------------------- evaluation
 
+
 def eval_recipe(data: str | None, overrides: list[str], run_dir: Path, record: dict[str, Any]) -> Any:
     """A recipe whose ``data:`` block is evaluated: the run's own, a recipe file's, or ``{name: NAME}``."""
     if data is None:
@@ -271,9 +290,16 @@ def eval_recipe(data: str | None, overrides: list[str], run_dir: Path, record: d
     return load_recipe({"student": record["student"], "data": block}, overrides)
 
 
-def evaluate(run_dir: str | Path, data: str | None = None, overrides: list[str] | None = None, *,
-             split: str = "test", weights: str = "final", batch_size: int = 1000,
-             device: str = "auto") -> dict[str, float]:
+def evaluate(
+    run_dir: str | Path,
+    data: str | None = None,
+    overrides: list[str] | None = None,
+    *,
+    split: str = "test",
+    weights: str = "final",
+    batch_size: int = 1000,
+    device: str = "auto",
+) -> dict[str, float]:
     """Held-out metrics (top-1/top-5, NLL, ECE) of a run's (or an export's) student on a dataset's ``split``, with
     the run's normalisation. ``data``: a dataset name or a recipe file whose ``data:`` is used (default: the
     run's own)."""
@@ -282,14 +308,18 @@ def evaluate(run_dir: str | Path, data: str | None = None, overrides: list[str] 
     ds = build_data(eval_recipe(data, overrides or [], run_dir, record))
     part = getattr(ds, split, None)
     if part is None:
-        raise KDLabError(f"--split {split}: dataset {ds.name!r} has no {split} split (train, test, or val with "
-                         "data.val_fraction)")
+        raise KDLabError(
+            f"--split {split}: dataset {ds.name!r} has no {split} split (train, test, or val with data.val_fraction)"
+        )
     if tuple(ds.input_shape) != tuple(record["input_shape"]):
-        raise KDLabError(f"dataset {ds.name!r} has inputs {tuple(ds.input_shape)}, the student takes "
-                         f"{tuple(record['input_shape'])}: set the dataset's size/channels to match")
+        raise KDLabError(
+            f"dataset {ds.name!r} has inputs {tuple(ds.input_shape)}, the student takes "
+            f"{tuple(record['input_shape'])}: set the dataset's size/channels to match"
+        )
     if ds.num_classes != record["num_classes"]:
-        raise KDLabError(f"dataset {ds.name!r} has {ds.num_classes} classes, the student predicts "
-                         f"{record['num_classes']}")
+        raise KDLabError(
+            f"dataset {ds.name!r} has {ds.num_classes} classes, the student predicts {record['num_classes']}"
+        )
     loader = make_loader(part, batch_size, shuffle=False, drop_last=False)
     logits, ys = [], []
     for x, y, _ in loader.iter_epoch(0):

@@ -95,10 +95,13 @@ def read(run_dir: str | Path) -> dict[str, Any]:
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise KDLabError(f"{path} is unreadable ({e}); rerun `kdlab run --resume {run_dir}` to rewrite it") from None
+            raise KDLabError(
+                f"{path} is unreadable ({e}); rerun `kdlab run --resume {run_dir}` to rewrite it"
+            ) from None
     if not (run_dir / RECIPE).exists():
         raise KDLabError(f"{run_dir} is not a kdlab run folder (no {PREPROCESS} or recipe.yaml)")
     from kdlab.engine.run import build_data  # deferred: the driver imports this module
+
     recipe = load_recipe(run_dir / RECIPE)
     record = describe(recipe, build_data(recipe))
     try:
@@ -111,6 +114,7 @@ def read(run_dir: str | Path) -> dict[str, Any]:
 def build_student(record: dict[str, Any]) -> Any:
     """The student network (untrained) that the record describes, with its inserted layers."""
     from kdlab.build import build_network  # deferred: torch and every model (this module is read without them)
+
     import_plugins(record.get("plugins"))  # a plugin-registered student name resolves only after its import
     spec = ModelSpec.model_validate(record["student"])
     return build_network(spec, int(record["num_classes"]), record["input_shape"], initial_weights=False)

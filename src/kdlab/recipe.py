@@ -60,12 +60,16 @@ class ModelSpec(Strict):
     checkpoint instead)."""
 
     name: str = Field(description="a MODELS registry name, timm:NAME, torchvision:NAME or package.module:function")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="the model builder's keyword arguments "
-                                   "(num_classes and input_shape come from the dataset)")
-    insert: list[InsertSpec] = Field(default_factory=list, description="layers inserted into the model, kept "
-                                     "at inference")
-    weights: str | None = Field(None, description="initial weights: a safetensors or torch state-dict file, "
-                                "loaded before any layer is inserted")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the model builder's keyword arguments (num_classes and input_shape come from the dataset)",
+    )
+    insert: list[InsertSpec] = Field(
+        default_factory=list, description="layers inserted into the model, kept at inference"
+    )
+    weights: str | None = Field(
+        None, description="initial weights: a safetensors or torch state-dict file, loaded before any layer is inserted"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -146,8 +150,10 @@ def _unknown(kind: str, name: str, names: list[str]) -> KDLabError:
 def _parse_objective(raw: Any) -> dict[str, TermSpec]:
     """``{kd: {weight: 0.9, tau: 4}, ce: {weight: 0.1}}``; a label other than a term name uses ``term:``."""
     if isinstance(raw, list):  # [kd, ce] or [{term: kd, ...}]
-        raw = {(r if isinstance(r, str) else r.get("term", f"term{i}")): ({} if isinstance(r, str) else r)
-               for i, r in enumerate(raw)}
+        raw = {
+            (r if isinstance(r, str) else r.get("term", f"term{i}")): ({} if isinstance(r, str) else r)
+            for i, r in enumerate(raw)
+        }
     if not isinstance(raw, dict) or not raw:
         raise ValueError("objective must be a non-empty mapping of label -> term parameters")
     out: dict[str, TermSpec] = {}
@@ -156,8 +162,7 @@ def _parse_objective(raw: Any) -> dict[str, TermSpec]:
             out[label] = params
             continue
         if params is not None and not isinstance(params, dict):
-            raise ValueError(f"[{label}] expected a mapping of parameters, e.g. {{weight: {params!r}}}; "
-                             f"got {params!r}")
+            raise ValueError(f"[{label}] expected a mapping of parameters, e.g. {{weight: {params!r}}}; got {params!r}")
         params = dict(params or {})
         term = str(params.pop("term", label))
         try:
@@ -177,18 +182,28 @@ def _parse_objective(raw: Any) -> dict[str, TermSpec]:
 class CacheSpec(Strict):
     """A teacher's soft-label cache (``kdlab.teachers.cached``): where it lives and how it stores outputs."""
 
-    path: str = Field("auto", description="auto: built on first use next to the teacher's run folder (or under "
-                      "$KDLAB_CACHE / ~/.cache/kdlab for a model/checkpoint teacher), then reused; otherwise the "
-                      "folder of a cache made by `kdlab cache build`")
-    views: Literal["all"] | int = Field("all", description="all: every (crop offset, flip) of the augmentation "
-                                        "(exact: a cached run trains on the same images as a live one); K: K views "
-                                        "per sample drawn once and stored with their parameters (any augmentation)")
+    path: str = Field(
+        "auto",
+        description="auto: built on first use next to the teacher's run folder (or under "
+        "$KDLAB_CACHE / ~/.cache/kdlab for a model/checkpoint teacher), then reused; otherwise the "
+        "folder of a cache made by `kdlab cache build`",
+    )
+    views: Literal["all"] | int = Field(
+        "all",
+        description="all: every (crop offset, flip) of the augmentation "
+        "(exact: a cached run trains on the same images as a live one); K: K views "
+        "per sample drawn once and stored with their parameters (any augmentation)",
+    )
     dtype: Literal["fp16", "fp32"] = Field("fp16", description="storage precision of the cached outputs")
-    topk: int | None = Field(None, gt=0, description="store the k largest log-probabilities plus the rest mass "
-                             "(many classes); None: all of them")
+    topk: int | None = Field(
+        None,
+        gt=0,
+        description="store the k largest log-probabilities plus the rest mass (many classes); None: all of them",
+    )
     taps: list[str] = Field(default_factory=list, description="teacher features to store too (feature methods)")
-    placement: Literal["auto", "device", "memory", "mmap"] = Field("auto", description="where the cache is read "
-                                                                   "from during training")
+    placement: Literal["auto", "device", "memory", "mmap"] = Field(
+        "auto", description="where the cache is read from during training"
+    )
     seed: int = Field(0, description="draws the K views of `views: K`")
     shard: int = Field(4096, gt=0, description="samples per shard file (a build resumes shard by shard)")
 
@@ -213,24 +228,34 @@ class TeacherSpec(Strict):
     then fail before training, naming themselves."""
 
     run: str | None = Field(None, description="a kdlab run folder holding the trained teacher")
-    recipe: str | None = Field(None, description="the recipe that trains the teacher into `run` when it is not "
-                               "finished (once; other students wait for it)")
+    recipe: str | None = Field(
+        None,
+        description="the recipe that trains the teacher into `run` when it is not "
+        "finished (once; other students wait for it)",
+    )
     weights: Literal["final", "best"] = Field("final", description="the run's last-epoch or best-epoch weights")
-    model: ModelSpec | None = Field(None, description="the teacher network (with `checkpoint`, or a factory that "
-                                    "brings its weights) instead of a run folder")
-    checkpoint: str | None = Field(None, description="weights for `model`: safetensors, or a torch file loaded with "
-                                   "weights_only=True")
+    model: ModelSpec | None = Field(
+        None,
+        description="the teacher network (with `checkpoint`, or a factory that "
+        "brings its weights) instead of a run folder",
+    )
+    checkpoint: str | None = Field(
+        None, description="weights for `model`: safetensors, or a torch file loaded with weights_only=True"
+    )
     taps: list[str] = Field(default_factory=list, description="extra teacher module paths to expose to terms")
-    cache: CacheSpec | None = Field(None, description="a soft-label cache that serves clean batches instead of "
-                                    "the model (auto or a folder)")
+    cache: CacheSpec | None = Field(
+        None, description="a soft-label cache that serves clean batches instead of the model (auto or a folder)"
+    )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "TeacherSpec":
+    def _one_source(self) -> TeacherSpec:
         if self.run is None and self.model is None:
             if self.cache is not None and self.cache.path != "auto":
                 return self
-            raise ValueError("a teacher needs `run:` (a kdlab run folder), `model:` (with `checkpoint:` or a "
-                             "factory) or `cache:` (a folder made by `kdlab cache build`)")
+            raise ValueError(
+                "a teacher needs `run:` (a kdlab run folder), `model:` (with `checkpoint:` or a "
+                "factory) or `cache:` (a folder made by `kdlab cache build`)"
+            )
         if self.recipe is not None and self.run is None:
             raise ValueError("`recipe:` trains the teacher into `run:`; give `run:` too")
         if self.run is not None and (self.model is not None or self.checkpoint is not None):
@@ -241,22 +266,32 @@ class TeacherSpec(Strict):
 class DataSpec(Strict):
     """The dataset a run trains and is tested on, how it is batched and augmented."""
 
-    name: str = Field("digits", description="a DATASETS registry name (kdlab list datasets) or "
-                      "package.module:function")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="the dataset builder's keyword arguments "
-                                   "(root, train_subset, ...)")
+    name: str = Field("digits", description="a DATASETS registry name (kdlab list datasets) or package.module:function")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="the dataset builder's keyword arguments (root, train_subset, ...)"
+    )
     batch_size: int = Field(64, gt=0, description="training batch size (per process under torchrun)")
     eval_batch_size: int = Field(1000, gt=0, description="batch size of evaluation passes")
-    augment: list[ViewSpec] = Field(default_factory=list, description="per-sample augmentation views applied to "
-                                    "every training batch, in order (kdlab list views)")
+    augment: list[ViewSpec] = Field(
+        default_factory=list,
+        description="per-sample augmentation views applied to every training batch, in order (kdlab list views)",
+    )
     resident: bool = Field(True, description="keep the decoded dataset in memory (false: stream from disk)")
     num_workers: int = Field(0, ge=0, description="loader worker processes for streamed datasets")
     drop_last: bool = Field(False, description="drop the last, smaller training batch of each epoch")
-    corruption: Any = Field(None, description="label noise / class imbalance on the training split "
-                            "(kdlab.data.corrupt.CorruptionSpec); the test split is untouched")
-    val_fraction: float = Field(0.0, ge=0, lt=1, description="a validation split carved (stratified) from the "
-                                "training split after corruption, so model selection and early stopping see the "
-                                "same labels as training, never the test set")
+    corruption: Any = Field(
+        None,
+        description="label noise / class imbalance on the training split "
+        "(kdlab.data.corrupt.CorruptionSpec); the test split is untouched",
+    )
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="a validation split carved (stratified) from the "
+        "training split after corruption, so model selection and early stopping see the "
+        "same labels as training, never the test set",
+    )
     split_seed: int = Field(0, description="seed of the stratified validation carve-out")
 
     @field_validator("corruption", mode="before")
@@ -315,15 +350,17 @@ class OptimSpec(Strict):
 class ScheduleSpec(Strict):
     """Learning-rate schedule over ``epochs``; ``multiplier`` scales epochs and milestones together (×2, ×4)."""
 
-    name: str = Field("multistep", description="a schedule of kdlab.engine.optim.SCHEDULES: multistep, cosine "
-                      "or constant")
+    name: str = Field(
+        "multistep", description="a schedule of kdlab.engine.optim.SCHEDULES: multistep, cosine or constant"
+    )
     epochs: int = Field(30, gt=0, description="training epochs (before `multiplier`)")
-    milestones: list[int] = Field(default_factory=lambda: [15, 22], description="multistep: epochs at which the "
-                                  "learning rate is multiplied by `gamma`")
+    milestones: list[int] = Field(
+        default_factory=lambda: [15, 22],
+        description="multistep: epochs at which the learning rate is multiplied by `gamma`",
+    )
     gamma: float = Field(0.1, gt=0, description="multistep: the factor at each milestone")
     warmup_epochs: int = Field(0, ge=0, description="linear learning-rate warm-up over this many epochs")
-    multiplier: float = Field(1.0, gt=0, description="scales epochs and milestones together (x2, x4: longer "
-                              "schedules)")
+    multiplier: float = Field(1.0, gt=0, description="scales epochs and milestones together (x2, x4: longer schedules)")
 
     @field_validator("name")
     @classmethod
@@ -345,9 +382,11 @@ class CompileSpec(Strict):
     """``train.compile`` as a block: torch.compile options for the students (and live teachers)."""
 
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
-        "default", description="torch.compile's mode")
-    cuda_graphs: bool = Field(False, description="CUDA graphs (fixed shapes only: keep data.drop_last on); the "
-                              "same as mode reduce-overhead")
+        "default", description="torch.compile's mode"
+    )
+    cuda_graphs: bool = Field(
+        False, description="CUDA graphs (fixed shapes only: keep data.drop_last on); the same as mode reduce-overhead"
+    )
     teacher: bool = Field(True, description="compile a live teacher's forward too")
     fullgraph: bool = Field(False, description="torch.compile's fullgraph (fail on graph breaks)")
 
@@ -356,38 +395,67 @@ class TrainSpec(Strict):
     """How the run executes: device, precision, compilation, parallelism, logging."""
 
     device: str = Field("auto", description="auto (CUDA when available, else CPU) or a torch device (cpu, cuda:1)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 autocast on CUDA "
-                                                               "devices with bf16, fp32 elsewhere (bf16 autocast "
-                                                               "halves the speed of these models on a CPU without "
-                                                               "AMX; benchmarks/RESULTS.md, Teacher cache)")
-    channels_last: bool | None = Field(None, description="None: channels_last for image inputs of at least 16x16 "
-                                       "(1.2x faster for the CIFAR zoo on a CPU, the usual choice on GPUs); NCHW for "
-                                       "smaller images and non-image inputs")
-    compile: bool | CompileSpec = Field(False, description="true, or a block {mode, cuda_graphs, teacher, "
-                                        "fullgraph}: torch.compile the students (and live teachers)")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: ddp (DistributedDataParallel over "
-                                             "the students and the objectives' connectors) or fsdp")
-    sync_batchnorm: bool = Field(False, description="SyncBatchNorm across ranks (CUDA only: PyTorch has no CPU "
-                                 "kernel for it)")
-    find_unused: bool | None = Field(None, description="DDP's find_unused_parameters; None: on when a step may "
-                                     "leave parameters without a gradient (trainable connectors, extra views, a "
-                                     "stage's trainable subset), off for plain logit KD")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA "
+        "devices with bf16, fp32 elsewhere (bf16 autocast "
+        "halves the speed of these models on a CPU without "
+        "AMX; benchmarks/RESULTS.md, Teacher cache)",
+    )
+    channels_last: bool | None = Field(
+        None,
+        description="None: channels_last for image inputs of at least 16x16 "
+        "(1.2x faster for the CIFAR zoo on a CPU, the usual choice on GPUs); NCHW for "
+        "smaller images and non-image inputs",
+    )
+    compile: bool | CompileSpec = Field(
+        False,
+        description="true, or a block {mode, cuda_graphs, teacher, "
+        "fullgraph}: torch.compile the students (and live teachers)",
+    )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="under torchrun: ddp (DistributedDataParallel over "
+        "the students and the objectives' connectors) or fsdp",
+    )
+    sync_batchnorm: bool = Field(
+        False, description="SyncBatchNorm across ranks (CUDA only: PyTorch has no CPU kernel for it)"
+    )
+    find_unused: bool | None = Field(
+        None,
+        description="DDP's find_unused_parameters; None: on when a step may "
+        "leave parameters without a gradient (trainable connectors, extra views, a "
+        "stage's trainable subset), off for plain logit KD",
+    )
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     threads: int | None = Field(None, gt=0, description="CPU threads (else $KDLAB_THREADS, else one per core)")
     checkpoint_every: int = Field(1, gt=0, description="write the resume checkpoint every N epochs")
     eval_every: int = Field(1, gt=0, description="evaluate on the test (and validation) split every N epochs")
-    progress: bool | None = Field(None, description="None: a bar only on a terminal; true: always; false: neither "
-                                  "bar nor epoch lines")
+    progress: bool | None = Field(
+        None, description="None: a bar only on a terminal; true: always; false: neither bar nor epoch lines"
+    )
     tensorboard: bool = Field(True, description="false drops tensorboard from `loggers` (the older switch)")
-    loggers: list[str] | None = Field(None, description="per-epoch trackers besides metrics.jsonl: tensorboard, "
-                                      "csv, wandb, mlflow; None: [tensorboard]")
-    concat_views: bool = Field(False, description="extra views: one student pass over [x, x'] (BatchNorm "
-                               "statistics mix both) instead of separate passes (the authors' code for "
-                               "TLCutMix/CutMixPick, the faithful default)")
-    teacher_bf16: bool = Field(True, description="the frozen teacher runs under bf16 autocast where the device "
-                               "supports it; its outputs are cast to float32 before any loss")
-    sync_every: int = Field(0, ge=0, description="read the summed losses (and check them for non-finite values) "
-                            "every N steps; 0: once per epoch, so no host synchronisation inside a step")
+    loggers: list[str] | None = Field(
+        None,
+        description="per-epoch trackers besides metrics.jsonl: tensorboard, csv, wandb, mlflow; None: [tensorboard]",
+    )
+    concat_views: bool = Field(
+        False,
+        description="extra views: one student pass over [x, x'] (BatchNorm "
+        "statistics mix both) instead of separate passes (the authors' code for "
+        "TLCutMix/CutMixPick, the faithful default)",
+    )
+    teacher_bf16: bool = Field(
+        True,
+        description="the frozen teacher runs under bf16 autocast where the device "
+        "supports it; its outputs are cast to float32 before any loss",
+    )
+    sync_every: int = Field(
+        0,
+        ge=0,
+        description="read the summed losses (and check them for non-finite values) "
+        "every N steps; 0: once per epoch, so no host synchronisation inside a step",
+    )
 
     @field_validator("loggers")
     @classmethod
@@ -409,8 +477,9 @@ class StageSpec(Strict):
     objective: dict[str, TermSpec] | None = Field(None, description="the stage's terms (else the recipe's)")
     optim: OptimSpec | None = Field(None, description="the stage's optimiser (else the recipe's)")
     schedule: ScheduleSpec | None = Field(None, description="the stage's schedule (else the recipe's)")
-    trainable: list[str] | None = Field(None, description="student module path prefixes trained in this stage "
-                                        "(else the whole student)")
+    trainable: list[str] | None = Field(
+        None, description="student module path prefixes trained in this stage (else the whole student)"
+    )
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -422,26 +491,35 @@ class Recipe(Strict):
     """A whole run: data, student, teacher(s), objective, optimisation, execution."""
 
     name: str = Field("run", description="the run's folder under `out` (one sub-folder per seed)")
-    seed: int = Field(0, ge=0, lt=2**63, description="seeds initialisation, data order and augmentation "
-                      "(torch.manual_seed's range)")
+    seed: int = Field(
+        0, ge=0, lt=2**63, description="seeds initialisation, data order and augmentation (torch.manual_seed's range)"
+    )
     out: str = Field("runs", description="the folder that holds the run folders")
-    plugins: list[str] = Field(default_factory=list, description="modules imported before the rest of the recipe "
-                               "is validated, so what they register can be named (kept in the run folder's "
-                               "recipe.yaml, so resume/export import them too)")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules imported before the rest of the recipe "
+        "is validated, so what they register can be named (kept in the run folder's "
+        "recipe.yaml, so resume/export import them too)",
+    )
     data: DataSpec = Field(default_factory=DataSpec, description="the dataset block")
     student: ModelSpec = Field(description="the network being trained")
-    cohort: list[ModelSpec] = Field(default_factory=list, description="more students trained alongside (online "
-                                    "methods such as dml)")
-    teacher: TeacherSpec | list[TeacherSpec] | None = Field(None, description="the frozen teacher(s); null for "
-                                                            "none")
-    objective: dict[str, TermSpec] = Field(default_factory=lambda: _parse_objective({"ce": {}}), description=(
-        "label -> term parameters (kdlab list methods); a label other than a term name sets `term:`"))
-    views: list[ViewSpec] = Field(default_factory=list, description="extra batches built from each training "
-                                  "batch (mixup, cutmix, backward...) for the objective")
+    cohort: list[ModelSpec] = Field(
+        default_factory=list, description="more students trained alongside (online methods such as dml)"
+    )
+    teacher: TeacherSpec | list[TeacherSpec] | None = Field(None, description="the frozen teacher(s); null for none")
+    objective: dict[str, TermSpec] = Field(
+        default_factory=lambda: _parse_objective({"ce": {}}),
+        description=("label -> term parameters (kdlab list methods); a label other than a term name sets `term:`"),
+    )
+    views: list[ViewSpec] = Field(
+        default_factory=list,
+        description="extra batches built from each training batch (mixup, cutmix, backward...) for the objective",
+    )
     optim: OptimSpec = Field(default_factory=OptimSpec, description="the optimiser block")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="the learning-rate schedule block")
-    stages: list[StageSpec] | None = Field(None, description="stages run in order, each overriding objective, "
-                                           "optim, schedule or trainable modules")
+    stages: list[StageSpec] | None = Field(
+        None, description="stages run in order, each overriding objective, optim, schedule or trainable modules"
+    )
     train: TrainSpec = Field(default_factory=TrainSpec, description="the execution block")
 
     @field_validator("objective", mode="before")
@@ -458,19 +536,24 @@ class Recipe(Strict):
     @classmethod
     def _folder_name(cls, v: str) -> str:
         """The name is a folder under ``out``: it must not climb out of it or be an absolute path."""
-        if not v.strip() or v.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", v) \
-                or ".." in re.split(r"[/\\]", v):
+        if (
+            not v.strip()
+            or v.startswith(("/", "\\", "~"))
+            or re.match(r"^[A-Za-z]:", v)
+            or ".." in re.split(r"[/\\]", v)
+        ):
             raise ValueError(f"a run name is a folder inside `out`: no absolute path, `~` or `..` (got {v!r})")
         return v
 
     @model_validator(mode="after")
-    def _objective_used(self) -> "Recipe":
+    def _objective_used(self) -> Recipe:
         """A top-level objective that every stage replaces would be silently ignored; the default (plain CE,
         as a model-pair file states it) is exempt so that pair files compose with staged method files."""
         default = _plain(_parse_objective({"ce": {}}))
         if self.stages and all(st.objective is not None for st in self.stages) and _plain(self.objective) != default:
-            raise ValueError("objective: ignored because every stage sets its own objective; move it into a "
-                             "stage or remove it")
+            raise ValueError(
+                "objective: ignored because every stage sets its own objective; move it into a stage or remove it"
+            )
         return self
 
     @property
@@ -510,12 +593,14 @@ def _plain(obj: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------- loading
 
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``5e-1`` (an exponent without a dot) as a string; YAML 1.2 and every recipe mean a number."""
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def yaml_load(text: str) -> Any:
@@ -640,6 +725,7 @@ def validate(data: dict[str, Any], source: str = "recipe") -> Recipe:
 def _one_union_branch(errors: list[Any]) -> list[Any]:
     """``teacher`` is one teacher or a list: when a mapping fails as one teacher, pydantic also reports that it
     is not a list. Keep only the errors of the branch the input was written for."""
+
     def is_list_branch(err: Any) -> bool:
         return any(str(p).startswith("list[") for p in err.get("loc", ()))
 

@@ -63,8 +63,10 @@ class Registry(Generic[T]):
                 self._imported[name] = self._import(name)
             return self._imported[name]
         if isinstance(name, str) and name.startswith("inmemory."):
-            raise KDLabError(f"{self.kind} {name!r} was given to kdlab.distill in another Python process; such runs "
-                             "resume from Python (call kdlab.distill again with the same arguments), not from a recipe")
+            raise KDLabError(
+                f"{self.kind} {name!r} was given to kdlab.distill in another Python process; such runs "
+                "resume from Python (call kdlab.distill again with the same arguments), not from a recipe"
+            )
         raise unknown_name(self.kind, name, self._entries)
 
     def _import(self, spec: str) -> Entry[T]:
@@ -100,6 +102,7 @@ DATASETS: Registry[Any] = Registry("dataset")
 VIEWS: Registry[Any] = Registry("view")
 LAYERS: Registry[Any] = Registry("layer")  # layers inserted into a student and kept at inference (letKD)
 
+
 def import_object(spec: str, kind: str = "object") -> Any:
     """``"package.module:attr"`` (attr may be dotted) -> the object; one-line KDLabError when it fails.
 
@@ -112,8 +115,9 @@ def import_object(spec: str, kind: str = "object") -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as e:
-        raise KDLabError(f"{kind} {spec!r}: cannot import module {module_name!r} ({e}); is it installed or in "
-                         "the current directory?") from None
+        raise KDLabError(
+            f"{kind} {spec!r}: cannot import module {module_name!r} ({e}); is it installed or in the current directory?"
+        ) from None
     module = obj
     for part in attr_path.split("."):
         try:
@@ -140,8 +144,10 @@ def import_plugins(modules: Any, where: str = "plugins") -> None:
         try:
             importlib.import_module(m)
         except ImportError as e:
-            raise KDLabError(f"{where}: cannot import {m!r} ({e}); install it or run from the folder that holds "
-                             "it (the current directory is importable)") from None
+            raise KDLabError(
+                f"{where}: cannot import {m!r} ({e}); install it or run from the folder that holds "
+                "it (the current directory is importable)"
+            ) from None
 
 
 def options(obj: Any) -> list[str]:
@@ -151,14 +157,19 @@ def options(obj: Any) -> list[str]:
 
     params = getattr(obj, "Params", None)
     if params is not None and hasattr(params, "model_fields"):
-        return [n if f.is_required() else f"{n}={f.get_default(call_default_factory=True)!r}"
-                for n, f in params.model_fields.items()]
+        return [
+            n if f.is_required() else f"{n}={f.get_default(call_default_factory=True)!r}"
+            for n, f in params.model_fields.items()
+        ]
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return []
-    return [p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in sig.parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
 
 
 # Modules whose import registers the built-in entries. Imported lazily so `import kdlab.registry` is cheap

@@ -5,9 +5,13 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from kdlab.data import builtin, cifar, folder  # noqa: F401  (register the datasets)
-from kdlab.data import text  # noqa: F401  (registers tweets, glue)
-from kdlab.data import arrays  # noqa: F401  (registers arrays: a user's own files)
+from kdlab.data import (  # noqa: F401  (register the datasets)
+    arrays,  # noqa: F401  (registers arrays: a user's own files)
+    builtin,
+    cifar,
+    folder,
+    text,  # noqa: F401  (registers tweets, glue)
+)
 from kdlab.data.base import Dataset, Split
 from kdlab.data.loader import StreamLoader, StreamSplit, TensorLoader, make_loader
 from kdlab.errors import KDLabError
@@ -25,12 +29,8 @@ def build_dataset(name: str, /, **kwargs: Any) -> Dataset:
         try:
             sig.bind(**kwargs)
         except TypeError as e:
-            accepted = [
-                p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            ]
-            raise KDLabError(
-                f"dataset {name!r}: {e}; accepted kwargs: {', '.join(accepted) or '(none)'}"
-            ) from None
+            accepted = [p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            raise KDLabError(f"dataset {name!r}: {e}; accepted kwargs: {', '.join(accepted) or '(none)'}") from None
     return fn(**kwargs)
 
 

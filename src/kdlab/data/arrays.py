@@ -10,8 +10,8 @@ Inputs are cast to float32 and used as stored, except uint8 images, which are di
 ``mean``/``std`` (numbers, per-channel lists, ``auto`` = computed on the training split, or ``none``) is what
 the engine applies on the device, and what an exported student stores. Shapes: N×D vectors (normalised per
 feature), N×C×L signals and N×C×H×W images. ``layout: auto`` makes square N×H×W arrays N×1×H×W images and moves
-N×H×W×C (last dimension 1, 3 or 4) to channels-first; ``nchw``, ``nhwc`` and ``nhw`` say it explicitly. Labels are integers
-0..K-1 (``num_classes`` may declare a K larger than the labels seen).
+N×H×W×C (last dimension 1, 3 or 4) to channels-first; ``nchw``, ``nhwc`` and ``nhw`` say it explicitly. Labels are
+integers 0..K-1 (``num_classes`` may declare a K larger than the labels seen).
 """
 
 from __future__ import annotations
@@ -56,7 +56,11 @@ def _safetensors(p: Path) -> dict[str, Any]:
 
 
 READERS: dict[str, Callable[[Path], dict[str, Any]]] = {
-    ".npz": _npz, ".npy": _npy, ".pt": _torch, ".pth": _torch, ".safetensors": _safetensors,
+    ".npz": _npz,
+    ".npy": _npy,
+    ".pt": _torch,
+    ".pth": _torch,
+    ".safetensors": _safetensors,
 }
 
 
@@ -66,8 +70,10 @@ def read_arrays(path: str | Path) -> dict[str, Any]:
     if p.suffix not in READERS:
         raise KDLabError(f"data file {p}: unsupported suffix {p.suffix!r}; use one of {', '.join(READERS)}")
     if not p.is_file():
-        raise KDLabError(f"data file not found: {p} (relative paths are from the working directory; "
-                         "start them with ./ to mean the recipe file's folder)")
+        raise KDLabError(
+            f"data file not found: {p} (relative paths are from the working directory; "
+            "start them with ./ to mean the recipe file's folder)"
+        )
     try:
         return READERS[p.suffix](p)
     except KDLabError:
@@ -79,8 +85,10 @@ def read_arrays(path: str | Path) -> dict[str, Any]:
 def _pick(arrays: dict[str, Any], key: str, where: str) -> Any:
     if key in arrays:
         return arrays[key]
-    raise KDLabError(f"{where}: no array {key!r}; it holds {', '.join(repr(k) for k in arrays) or 'nothing'} "
-                     "(set x_key/y_key, or name them x_train/y_train/x_test/y_test)")
+    raise KDLabError(
+        f"{where}: no array {key!r}; it holds {', '.join(repr(k) for k in arrays) or 'nothing'} "
+        "(set x_key/y_key, or name them x_train/y_train/x_test/y_test)"
+    )
 
 
 def _load_xy(source: Any, x_key: str, y_key: str, what: str) -> tuple[Any, Any]:
@@ -106,7 +114,9 @@ def _inputs(x: Any, layout: str, where: str) -> torch.Tensor:
         raise KDLabError(f"{where}: inputs need a sample dimension and at least one more; got shape {tuple(t.shape)}")
     raw_uint8 = t.dtype == torch.uint8
     t = t.float()
-    if layout == "nhwc" or (layout == "auto" and t.dim() == 4 and t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3, 4)):
+    if layout == "nhwc" or (
+        layout == "auto" and t.dim() == 4 and t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3, 4)
+    ):
         t = t.movedim(-1, 1)
     elif layout == "nhw" or (layout == "auto" and t.dim() == 3 and t.shape[1] == t.shape[2]):
         t = t.unsqueeze(1)  # square N×H×W grayscale images
@@ -136,22 +146,41 @@ def _stats(value: Any, auto: tuple[float, ...], channels: int, what: str, neutra
     if len(vals) == 1:
         vals = vals * channels
     if len(vals) != channels:
-        raise KDLabError(f"data.kwargs.{what}: {len(vals)} values for {channels} channels; give 1 or {channels}, "
-                         "or 'auto' (computed on the training split)")
+        raise KDLabError(
+            f"data.kwargs.{what}: {len(vals)} values for {channels} channels; give 1 or {channels}, "
+            "or 'auto' (computed on the training split)"
+        )
     return tuple(vals)
 
 
-@DATASETS.register("arrays", description="your own arrays from .npz/.npy/.pt/.safetensors files (images or "
-                                         "vectors, integer labels), with declared or auto normalisation")
-def arrays(*, path: str | None = None, train: Any = None, test: Any = None, x_key: str = "x", y_key: str = "y",
-           test_fraction: float | None = None, split_seed: int = 0, mean: Any = "auto", std: Any = "auto",
-           layout: str = "auto", num_classes: int | None = None, classes: list[str] | None = None) -> Dataset:
+@DATASETS.register(
+    "arrays",
+    description="your own arrays from .npz/.npy/.pt/.safetensors files (images or "
+    "vectors, integer labels), with declared or auto normalisation",
+)
+def arrays(
+    *,
+    path: str | None = None,
+    train: Any = None,
+    test: Any = None,
+    x_key: str = "x",
+    y_key: str = "y",
+    test_fraction: float | None = None,
+    split_seed: int = 0,
+    mean: Any = "auto",
+    std: Any = "auto",
+    layout: str = "auto",
+    num_classes: int | None = None,
+    classes: list[str] | None = None,
+) -> Dataset:
     """Arrays from files; see the module docstring for the file layouts and the normalisation."""
     if layout not in ("auto", "nchw", "nhwc", "nhw"):
         raise KDLabError(f"data.kwargs.layout: expected auto, nchw, nhwc or nhw; got {layout!r}")
     if (path is None) == (train is None):
-        raise KDLabError("dataset 'arrays': give `path:` (one file with x_train/y_train[/x_test/y_test]) or "
-                         "`train:` (and `test:` or `test_fraction:`)")
+        raise KDLabError(
+            "dataset 'arrays': give `path:` (one file with x_train/y_train[/x_test/y_test]) or "
+            "`train:` (and `test:` or `test_fraction:`)"
+        )
     if path is not None:
         arrs = read_arrays(path)
         if "x_train" in arrs:
@@ -165,14 +194,38 @@ def arrays(*, path: str | None = None, train: Any = None, test: Any = None, x_ke
         xtr, ytr = _load_xy(train, x_key, y_key, "train")
         xte, yte = _load_xy(test, x_key, y_key, "test") if test is not None else (None, None)
         source = str(train)
-    return from_arrays(xtr, ytr, xte, yte, test_fraction=test_fraction, split_seed=split_seed, mean=mean, std=std,
-                       layout=layout, num_classes=num_classes, classes=classes, source=source)
+    return from_arrays(
+        xtr,
+        ytr,
+        xte,
+        yte,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        mean=mean,
+        std=std,
+        layout=layout,
+        num_classes=num_classes,
+        classes=classes,
+        source=source,
+    )
 
 
-def from_arrays(xtr: Any, ytr: Any, xte: Any = None, yte: Any = None, *, test_fraction: float | None = None,
-                split_seed: int = 0, mean: Any = "auto", std: Any = "auto", layout: str = "auto",
-                num_classes: int | None = None, classes: list[str] | None = None, source: str = "arrays",
-                name: str = "arrays") -> Dataset:
+def from_arrays(
+    xtr: Any,
+    ytr: Any,
+    xte: Any = None,
+    yte: Any = None,
+    *,
+    test_fraction: float | None = None,
+    split_seed: int = 0,
+    mean: Any = "auto",
+    std: Any = "auto",
+    layout: str = "auto",
+    num_classes: int | None = None,
+    classes: list[str] | None = None,
+    source: str = "arrays",
+    name: str = "arrays",
+) -> Dataset:
     """A Dataset from in-memory arrays/tensors (numpy, torch or nested lists): the shared core of the
     ``arrays`` dataset and of ``kdlab.distill``."""
     x = _inputs(xtr, layout, "train")
@@ -183,8 +236,9 @@ def from_arrays(xtr: Any, ytr: Any, xte: Any = None, yte: Any = None, *, test_fr
         xt = _inputs(xte, layout, "test")
         te = Split(xt, _labels(yte, len(xt), "test"))
         if te.x.shape[1:] != tr.x.shape[1:]:
-            raise KDLabError(f"dataset 'arrays': train inputs are {tuple(tr.x.shape[1:])} but test inputs "
-                             f"{tuple(te.x.shape[1:])}")
+            raise KDLabError(
+                f"dataset 'arrays': train inputs are {tuple(tr.x.shape[1:])} but test inputs {tuple(te.x.shape[1:])}"
+            )
     elif test_fraction:
         if not 0 < test_fraction < 1:
             raise KDLabError(f"data.kwargs.test_fraction must be in (0, 1); got {test_fraction!r}")
@@ -193,8 +247,9 @@ def from_arrays(xtr: Any, ytr: Any, xte: Any = None, yte: Any = None, *, test_fr
         keep[idx] = False
         tr, te = tr.subset(keep.nonzero().squeeze(1)), tr.subset(idx)
     else:
-        raise KDLabError("dataset 'arrays': no test data; give `test:` (or x_test/y_test in the file) or "
-                         "`test_fraction:` (e.g. 0.2)")
+        raise KDLabError(
+            "dataset 'arrays': no test data; give `test:` (or x_test/y_test in the file) or `test_fraction:` (e.g. 0.2)"
+        )
     seen = int(max(int(tr.y.max()), int(te.y.max()))) + 1
     k = num_classes if num_classes is not None else seen
     if k < seen:
@@ -209,5 +264,13 @@ def from_arrays(xtr: Any, ytr: Any, xte: Any = None, yte: Any = None, *, test_fr
     names = list(classes) if classes else [str(i) for i in range(k)]
     if len(names) != k:
         raise KDLabError(f"data.kwargs.classes: {len(names)} names for {k} classes")
-    return Dataset(name=name, train=tr, test=te, num_classes=k, mean=m, std=s, classes=names,
-                   notes=f"arrays from {source}: {len(tr)} train / {len(te)} test, inputs {tuple(tr.x.shape[1:])}")
+    return Dataset(
+        name=name,
+        train=tr,
+        test=te,
+        num_classes=k,
+        mean=m,
+        std=s,
+        classes=names,
+        notes=f"arrays from {source}: {len(tr)} train / {len(te)} test, inputs {tuple(tr.x.shape[1:])}",
+    )

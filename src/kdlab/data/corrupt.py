@@ -63,17 +63,25 @@ from kdlab.schema import Strict
 class NoiseSpec(Strict):
     """Label noise on the training labels (see the module docstring for the exact draws)."""
 
-    kind: Literal["symmetric", "asymmetric"] = Field("symmetric", description="symmetric: to other classes "
-                                                     "uniformly; asymmetric: class c -> map[c]")
-    rate: float = Field(..., ge=0.0, lt=1.0, description="fraction of the samples (of each mapped class, "
-                        "asymmetric) whose label is replaced")
-    exclude_true: bool = Field(True, description="symmetric: draw the new label from the other C-1 classes (so "
-                               "every selected label changes)")
-    map: dict[int, int] | None = Field(None, description="asymmetric only: source class -> target class (default: "
-                                       "the CIFAR-10/100 maps, else c -> c+1)")
+    kind: Literal["symmetric", "asymmetric"] = Field(
+        "symmetric", description="symmetric: to other classes uniformly; asymmetric: class c -> map[c]"
+    )
+    rate: float = Field(
+        ...,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of the samples (of each mapped class, asymmetric) whose label is replaced",
+    )
+    exclude_true: bool = Field(
+        True, description="symmetric: draw the new label from the other C-1 classes (so every selected label changes)"
+    )
+    map: dict[int, int] | None = Field(
+        None,
+        description="asymmetric only: source class -> target class (default: the CIFAR-10/100 maps, else c -> c+1)",
+    )
 
     @model_validator(mode="after")
-    def _map_only_asymmetric(self) -> "NoiseSpec":
+    def _map_only_asymmetric(self) -> NoiseSpec:
         if self.map is not None and self.kind != "asymmetric":
             raise ValueError("`map` applies to kind: asymmetric only")
         return self
@@ -82,13 +90,14 @@ class NoiseSpec(Strict):
 class ImbalanceSpec(Strict):
     """Long-tailed (exponential) or step imbalance of the training split."""
 
-    kind: Literal["exponential", "step"] = Field("exponential", description="exponential (Cui et al. 2019) or "
-                                                 "step (Buda et al. 2018) class sizes")
+    kind: Literal["exponential", "step"] = Field(
+        "exponential", description="exponential (Cui et al. 2019) or step (Buda et al. 2018) class sizes"
+    )
     ratio: float = Field(..., ge=1.0, description="n_max / n_min")
-    minority_fraction: float = Field(0.5, ge=0.0, le=1.0, description="step only: mu, the fraction of minority "
-                                     "classes")
-    n_max: int | None = Field(None, gt=0, description="the largest class size kept; None: the smallest class size "
-                              "of the training split")
+    minority_fraction: float = Field(0.5, ge=0.0, le=1.0, description="step only: mu, the fraction of minority classes")
+    n_max: int | None = Field(
+        None, gt=0, description="the largest class size kept; None: the smallest class size of the training split"
+    )
 
 
 class CorruptionSpec(Strict):
@@ -186,11 +195,14 @@ def imbalance_counts(spec: ImbalanceSpec, counts: Sequence[int]) -> list[int]:
         target = [n_max] * (C - m) + [math.floor(n_max / spec.ratio)] * m
     for c, (t, have) in enumerate(zip(target, counts)):
         if t < 1:
-            raise KDLabError(f"class imbalance {spec.kind} ratio {spec.ratio:g} leaves class {c} with no sample "
-                             f"(n_max {n_max}); lower the ratio")
+            raise KDLabError(
+                f"class imbalance {spec.kind} ratio {spec.ratio:g} leaves class {c} with no sample "
+                f"(n_max {n_max}); lower the ratio"
+            )
         if t > have:
-            raise KDLabError(f"class imbalance: class {c} has {have} samples but needs {t} (n_max {n_max}); "
-                             "lower n_max")
+            raise KDLabError(
+                f"class imbalance: class {c} has {have} samples but needs {t} (n_max {n_max}); lower n_max"
+            )
     return target
 
 
@@ -279,8 +291,11 @@ def corrupt(
                 picked.append(chosen)
                 per_class[c] = {"to": dst, "n": len(members), "flipped": k}
             selected = torch.sort(torch.cat(picked)).values if picked else selected
-            record["noise"] = {"map": {int(a): int(b) for a, b in cmap.items()}, "convention": conv,
-                               "per_class": per_class}
+            record["noise"] = {
+                "map": {int(a): int(b) for a, b in cmap.items()},
+                "convention": conv,
+                "per_class": per_class,
+            }
     changed = torch.nonzero(noisy != clean).flatten()
     record.update(
         kept_indices=kept.tolist(),

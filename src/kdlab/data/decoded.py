@@ -94,7 +94,9 @@ def load_entry(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Non
         meta = json.loads(meta_file.read_text())
         arrays = {n: np.load(path / f"{n}.npy", mmap_mode="r") for n in ("train_x", "train_y", "test_x", "test_y")}
     except (OSError, ValueError) as e:
-        raise KDLabError(f"decoded-image cache entry {path} is damaged ({e}); delete that folder to decode again") from None
+        raise KDLabError(
+            f"decoded-image cache entry {path} is damaged ({e}); delete that folder to decode again"
+        ) from None
     return arrays, meta
 
 
@@ -126,7 +128,7 @@ def uint8_channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, 
     for ch in range(c):
         s = s2 = 0
         for start in range(0, n, 4096):
-            block = np.asarray(x[start:start + 4096, ch], dtype=np.int64)
+            block = np.asarray(x[start : start + 4096, ch], dtype=np.int64)
             s += int(block.sum())
             s2 += int((block * block).sum())
         m = s / count
@@ -136,5 +138,13 @@ def uint8_channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, 
     return tuple(mean), tuple(std)
 
 
-__all__ = ["cache_root", "entry_dir", "entry_key", "file_sha256", "folder_fingerprint", "load_entry", "save_entry",
-           "uint8_channel_stats"]
+__all__ = [
+    "cache_root",
+    "entry_dir",
+    "entry_key",
+    "file_sha256",
+    "folder_fingerprint",
+    "load_entry",
+    "save_entry",
+    "uint8_channel_stats",
+]

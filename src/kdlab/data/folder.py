@@ -130,7 +130,8 @@ def _require_root(root: str | None, what: str, layout: str) -> Path:
 
 def _check_image_args(image_size: int | None, channels: int | None, resize: str, allow_none: bool = False) -> None:
     if not (allow_none and image_size is None) and (
-            isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
+    ):
         raise KDLabError(f"image_size must be a positive integer, got {image_size!r}")
     if not (allow_none and channels is None) and channels not in (1, 3):
         raise KDLabError(f"channels must be 1 or 3, got {channels!r}")
@@ -177,8 +178,9 @@ GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 SAMPLE_CLASSES = 64  # geometry is inferred from the first image of up to this many classes
 
 
-def _infer_geometry(samples: Sequence[str | bytes], image_size: int | None, channels: int | None,
-                    where: str) -> tuple[int, int]:
+def _infer_geometry(
+    samples: Sequence[str | bytes], image_size: int | None, channels: int | None, where: str
+) -> tuple[int, int]:
     """(image_size, channels): the given values, else what the images are (1 channel only if all sampled are
     grayscale; the side of the sampled images when they are all the same square size)."""
     if image_size is not None and channels is not None:
@@ -195,14 +197,16 @@ def _infer_geometry(samples: Sequence[str | bytes], image_size: int | None, chan
     if image_size is None:
         if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
             shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:3])
-            raise KDLabError(f"imagefolder: the images in {where} are not all one square size ({shown}): "
-                             "set data.kwargs.image_size")
+            raise KDLabError(
+                f"imagefolder: the images in {where} are not all one square size ({shown}): set data.kwargs.image_size"
+            )
         image_size = next(iter(sizes))[0]
     return image_size, channels
 
 
-def _decode_uint8(sources: Sequence[str | bytes], image_size: int, channels: int, resize: str,
-                  num_threads: int | None, label: str) -> np.ndarray:
+def _decode_uint8(
+    sources: Sequence[str | bytes], image_size: int, channels: int, resize: str, num_threads: int | None, label: str
+) -> np.ndarray:
     """Decode every image into one uint8 N×C×S×S array, with Pillow in a thread pool (it releases the GIL)
     and a progress bar on a terminal (a start and an end line otherwise)."""
     out = np.empty((len(sources), channels, image_size, image_size), dtype=np.uint8)
@@ -221,8 +225,14 @@ def _decode_uint8(sources: Sequence[str | bytes], image_size: int, channels: int
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = Progress(TextColumn(f"decoding {label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       console=Console(stderr=True), transient=True)
+        bar = Progress(
+            TextColumn(f"decoding {label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         bar.start()
         task = bar.add_task("decode", total=len(sources))
     elif len(sources) > 256:
@@ -240,8 +250,7 @@ def _decode_uint8(sources: Sequence[str | bytes], image_size: int, channels: int
         if bar is not None:
             bar.stop()
     if len(sources) > 256:
-        print(f"kdlab: decoded {len(sources):,} images of {label} in {time.perf_counter() - t0:.1f} s",
-              file=sys.stderr)
+        print(f"kdlab: decoded {len(sources):,} images of {label} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return out
 
 
@@ -249,7 +258,7 @@ def _to_split(x: np.ndarray, y: np.ndarray) -> Split:
     """float32 [0, 1] images (the dataset contract), converted chunk by chunk from a (memory-mapped) uint8 array."""
     out = torch.empty(x.shape, dtype=torch.float32)
     for i in range(0, len(x), 8192):
-        out[i:i + 8192] = torch.from_numpy(np.array(x[i:i + 8192])).float().div_(255.0)
+        out[i : i + 8192] = torch.from_numpy(np.array(x[i : i + 8192])).float().div_(255.0)
     return Split(out, torch.from_numpy(np.array(y, dtype=np.int64)))
 
 
@@ -257,8 +266,9 @@ def _class_table(found: dict[str, dict[str, list]], where: str) -> tuple[list[st
     """Sorted train classes and the name of the held-out split (val, else test) of an archive listing."""
     test_name = next((s for s in ("val", "test") if s in found), None)
     if "train" not in found or test_name is None:
-        raise KDLabError(f"imagefolder: {where} holds no train/ and val/ (or test/) class folders of images: "
-                         f"{FOLDER_LAYOUT}")
+        raise KDLabError(
+            f"imagefolder: {where} holds no train/ and val/ (or test/) class folders of images: {FOLDER_LAYOUT}"
+        )
     classes = sorted(found["train"])
     extra = sorted(set(found[test_name]) - set(classes))
     if extra:
@@ -329,22 +339,36 @@ def imagefolder(
     options = {"image_size": image_size, "channels": channels, "resize": resize}
     if archives:
         if stream:
-            raise KDLabError(f"imagefolder: stream=True needs an unpacked folder; {base} is read from archives "
-                             "(unpack them, or drop stream to decode once into the cache)")
+            raise KDLabError(
+                f"imagefolder: stream=True needs an unpacked folder; {base} is read from archives "
+                "(unpack them, or drop stream to decode once into the cache)"
+            )
         memo = _cache_dir(cache) or Path(os.environ.get("TMPDIR", "/tmp"))
         sources = [f"{a.name}:{file_sha256(a, memo)}" for a in archives]
 
         def decode() -> tuple[dict, dict]:
             found = read_archives(archives, IMAGE_EXTENSIONS)
             classes, test_name = _class_table(found, str(base))
-            return _decode_tables(found["train"], found[test_name], classes, test_name, image_size, channels,
-                                  resize, num_threads, ", ".join(a.name for a in archives), uint8_channel_stats)
+            return _decode_tables(
+                found["train"],
+                found[test_name],
+                classes,
+                test_name,
+                image_size,
+                channels,
+                resize,
+                num_threads,
+                ", ".join(a.name for a in archives),
+                uint8_channel_stats,
+            )
     else:
         train_dir = base / "train"
         test_dir = next((base / d for d in ("val", "test") if (base / d).is_dir()), None)
         if not base.is_dir() or not train_dir.is_dir() or test_dir is None:
-            raise KDLabError(f"imagefolder: {str(base)!r} needs train/ and val/ (or test/) folders, or .tar/.tar.gz "
-                             f"archives of them: {FOLDER_LAYOUT}")
+            raise KDLabError(
+                f"imagefolder: {str(base)!r} needs train/ and val/ (or test/) folders, or .tar/.tar.gz "
+                f"archives of them: {FOLDER_LAYOUT}"
+            )
         classes = _class_dirs(train_dir)
         if not classes:
             raise KDLabError(f"imagefolder: no class folders in {train_dir}")
@@ -353,8 +377,19 @@ def imagefolder(
         if stream:
             if train_subset is not None or test_subset is not None:
                 raise KDLabError("imagefolder: train_subset/test_subset work on in-memory splits; drop stream=True")
-            return _streamed_folder(base, train_dir, test_dir, classes, tr_files, tr_labels, te_files, te_labels,
-                                    image_size, channels, resize)
+            return _streamed_folder(
+                base,
+                train_dir,
+                test_dir,
+                classes,
+                tr_files,
+                tr_labels,
+                te_files,
+                te_labels,
+                image_size,
+                channels,
+                resize,
+            )
         sources = [folder_fingerprint([train_dir, test_dir])]
 
         def decode() -> tuple[dict, dict]:
@@ -362,8 +397,18 @@ def imagefolder(
             for table, files, labels in ((tables[0], tr_files, tr_labels), (tables[1], te_files, te_labels)):
                 for f, y in zip(files, labels):
                     table[classes[y]].append((f, f))
-            return _decode_tables(tables[0], tables[1], classes, test_dir.name, image_size, channels, resize,
-                                  num_threads, str(base), uint8_channel_stats)
+            return _decode_tables(
+                tables[0],
+                tables[1],
+                classes,
+                test_dir.name,
+                image_size,
+                channels,
+                resize,
+                num_threads,
+                str(base),
+                uint8_channel_stats,
+            )
 
     arrays, meta, where = _decoded(sources, options, cache, decode)
     train, test = _to_split(arrays["train_x"], arrays["train_y"]), _to_split(arrays["test_x"], arrays["test_y"])
@@ -381,8 +426,18 @@ def imagefolder(
     )
 
 
-def _decode_tables(train: dict, test: dict, classes: list[str], test_name: str, image_size: int | None,
-                   channels: int | None, resize: str, num_threads: int | None, label: str, stats) -> tuple[dict, dict]:
+def _decode_tables(
+    train: dict,
+    test: dict,
+    classes: list[str],
+    test_name: str,
+    image_size: int | None,
+    channels: int | None,
+    resize: str,
+    num_threads: int | None,
+    label: str,
+    stats,
+) -> tuple[dict, dict]:
     """Decode ``{class: [(name, path or bytes), ...]}`` tables of both splits into the cache's arrays + meta."""
     samples = [train[c][0][1] for c in classes[:SAMPLE_CLASSES] if train[c]]
     if not samples:
@@ -401,8 +456,19 @@ def _decode_tables(train: dict, test: dict, classes: list[str], test_name: str, 
     return arrays, meta
 
 
-def _streamed_folder(base: Path, train_dir: Path, test_dir: Path, classes: list[str], tr_files, tr_labels, te_files,
-                     te_labels, image_size: int | None, channels: int | None, resize: str) -> Dataset:
+def _streamed_folder(
+    base: Path,
+    train_dir: Path,
+    test_dir: Path,
+    classes: list[str],
+    tr_files,
+    tr_labels,
+    te_files,
+    te_labels,
+    image_size: int | None,
+    channels: int | None,
+    resize: str,
+) -> Dataset:
     first = {}
     for f, y in zip(tr_files, tr_labels):
         first.setdefault(y, f)

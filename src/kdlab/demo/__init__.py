@@ -28,14 +28,15 @@ def demo_recipe(name: str, out: Path, seed: int = 0):
 def run_demo(out: str | Path = "runs/demo", seeds: list[int] | None = None, force: bool = False) -> dict:
     from rich.console import Console
 
-
     console = Console()
     out = Path(out)
     seeds = seeds or [0, 1, 2]
     existing = "overwrite" if force else "resume"
     t0 = time.perf_counter()
-    console.print(f"[bold]kdlab demo[/]: digits (scikit-learn), teacher smallcnn×2 -> student smallcnn×0.25, "
-                  f"seeds {seeds}; runs in {out}")
+    console.print(
+        f"[bold]kdlab demo[/]: digits (scikit-learn), teacher smallcnn×2 -> student smallcnn×0.25, "
+        f"seeds {seeds}; runs in {out}"
+    )
     run_dirs = []
     with silenced():  # one line per run (its top-1 and time), not one per epoch
         run_recipe(demo_recipe("teacher", out), existing=existing)

@@ -7,8 +7,13 @@ from typing import Any
 
 __all__ = ["Trainer", "distill_step", "load_teacher", "resume_run", "run_recipe"]
 
-_WHERE = {"Trainer": "kdlab.engine.trainer", "distill_step": "kdlab.engine.step", "load_teacher": "kdlab.engine.run",
-          "resume_run": "kdlab.engine.run", "run_recipe": "kdlab.engine.run"}
+_WHERE = {
+    "Trainer": "kdlab.engine.trainer",
+    "distill_step": "kdlab.engine.step",
+    "load_teacher": "kdlab.engine.run",
+    "resume_run": "kdlab.engine.run",
+    "run_recipe": "kdlab.engine.run",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -58,8 +58,14 @@ class Pipeline:
 
     ``table``: a cache's K stored parameter rows per sample (N×K×k, *sampled* mode), or None."""
 
-    def __init__(self, augment: list[Any], mean: torch.Tensor, std: torch.Tensor, sample_shape: tuple[int, ...],
-                 memory_format: torch.memory_format | None = None):
+    def __init__(
+        self,
+        augment: list[Any],
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        sample_shape: tuple[int, ...],
+        memory_format: torch.memory_format | None = None,
+    ):
         self.augment = list(augment)
         self.mean, self.std = mean, std
         self.sample_shape = tuple(sample_shape)
@@ -102,15 +108,25 @@ class Pipeline:
         return out
 
     # ---------------------------------------------------------------------------------------------- batches
-    def draw(self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def draw(
+        self, x: torch.Tensor, idx: torch.Tensor, gen: torch.Generator | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(parameters N×k, view numbers N) for a raw batch. Without a table the views draw in recipe order
         (the same random numbers, in the same order, as applying them one after the other)."""
         if not self.augment:
-            return None, (torch.zeros(len(x), dtype=torch.int64, device=x.device) if self.table is not None
-                          or self.enumerable else None)
+            return None, (
+                torch.zeros(len(x), dtype=torch.int64, device=x.device)
+                if self.table is not None or self.enumerable
+                else None
+            )
         if self.table is not None:
-            k = torch.randint(0, self.table.shape[1], (len(x),), generator=gen,
-                              device=gen.device if gen is not None else torch.device("cpu"))
+            k = torch.randint(
+                0,
+                self.table.shape[1],
+                (len(x),),
+                generator=gen,
+                device=gen.device if gen is not None else torch.device("cpu"),
+            )
             rows = idx.to(self.table.device), k.to(self.table.device)
             return self.table[rows].to(x.device), k.to(x.device)
         aug = torch.cat([v.draw(x, gen) for v in self.augment], 1).to(x.device)
@@ -122,7 +138,7 @@ class Pipeline:
             return x
         col = 0
         for v, width in zip(self.augment, self._widths(x, aug)):
-            x = v.apply(x, aug[:, col:col + width])
+            x = v.apply(x, aug[:, col : col + width])
             col += width
         return x
 
@@ -159,6 +175,10 @@ class Pipeline:
 
 def make_pipeline(recipe: Recipe, dataset: Any, device: torch.device) -> Pipeline:
     """The clean-batch pipeline of a recipe on a device (augment views, normalisation, memory format)."""
-    return Pipeline([v.build() for v in recipe.data.augment], torch.tensor(dataset.mean, device=device),
-                    torch.tensor(dataset.std, device=device), tuple(dataset.input_shape),
-                    memory_format_for(recipe.train, tuple(dataset.input_shape), device))
+    return Pipeline(
+        [v.build() for v in recipe.data.augment],
+        torch.tensor(dataset.mean, device=device),
+        torch.tensor(dataset.std, device=device),
+        tuple(dataset.input_shape),
+        memory_format_for(recipe.train, tuple(dataset.input_shape), device),
+    )

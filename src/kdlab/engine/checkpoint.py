@@ -36,8 +36,7 @@ def flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
         # keep int keys (optimizer state is keyed by param index)
         return {"__dict__": items, "__intkeys__": [str(k) for k in obj if isinstance(k, int)]}
     if isinstance(obj, (list, tuple)):
-        return {"__list__": [flatten(v, tensors) for i, v in enumerate(obj)],
-                "__tuple__": isinstance(obj, tuple)}
+        return {"__list__": [flatten(v, tensors) for i, v in enumerate(obj)], "__tuple__": isinstance(obj, tuple)}
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
         return {"__float__": repr(obj)}
     return obj
@@ -95,8 +94,10 @@ def atomic_write(path: str | Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno is not None:  # ENOSPC, EROFS, EDQUOT, ...
-            raise KDLabError(f"cannot write {path}: {e.strerror}; the previous {path.name} is intact, free "
-                             "space (or fix permissions) and resume with `kdlab run --resume`") from None
+            raise KDLabError(
+                f"cannot write {path}: {e.strerror}; the previous {path.name} is intact, free "
+                "space (or fix permissions) and resume with `kdlab run --resume`"
+            ) from None
         raise
 
 
@@ -134,8 +135,9 @@ def load_state(path: str | Path) -> dict[str, Any]:
         tensors = load_file(str(path))
         return unflatten(json.loads(meta["kdlab"]), tensors)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; all mean "unreadable"
-        raise KDLabError(f"{path} is corrupt or truncated ({type(e).__name__}); `kdlab run --force` restarts "
-                         "the run from scratch") from None
+        raise KDLabError(
+            f"{path} is corrupt or truncated ({type(e).__name__}); `kdlab run --force` restarts the run from scratch"
+        ) from None
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -150,10 +152,15 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - safetensors/pickle raise many types; all mean "unreadable"
-        kind = "holds pickled objects, not plain weights" if "weights_only" in str(e) or "Unsupported global" in str(e) \
+        kind = (
+            "holds pickled objects, not plain weights"
+            if "weights_only" in str(e) or "Unsupported global" in str(e)
             else "is corrupt or truncated"
-        raise KDLabError(f"checkpoint {p} {kind} ({type(e).__name__}); save a state_dict with "
-                         "safetensors or torch.save(model.state_dict())") from None
+        )
+        raise KDLabError(
+            f"checkpoint {p} {kind} ({type(e).__name__}); save a state_dict with "
+            "safetensors or torch.save(model.state_dict())"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -168,13 +175,18 @@ def fit_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or shapes:
-        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
-                 f"shape mismatch {shapes[:2]} (checkpoint vs model: another width or class count?)" if shapes else ""]
-        raise KDLabError(f"{source}: weights do not fit {type(model).__name__}: "
-                         + "; ".join(x for x in parts if x))
+        parts = [
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shape mismatch {shapes[:2]} (checkpoint vs model: another width or class count?)" if shapes else "",
+        ]
+        raise KDLabError(f"{source}: weights do not fit {type(model).__name__}: " + "; ".join(x for x in parts if x))
     model.load_state_dict(state)
 
 
@@ -192,8 +204,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype("int64")), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype("int64")),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "python": json.dumps(random.getstate()),
     }
     if torch.cuda.is_available():

@@ -37,8 +37,10 @@ def load_student_weights(student: nn.Module, source: str | Path) -> None:
     if path.is_dir():
         path = path / FINAL_WEIGHTS
         if not path.exists():
-            raise KDLabError(f"--student {source}: no student.safetensors in that folder; give a finished run "
-                             "folder or a weights file")
+            raise KDLabError(
+                f"--student {source}: no student.safetensors in that folder; give a finished run "
+                "folder or a weights file"
+            )
     elif not path.exists():
         raise KDLabError(f"--student {source}: no such run folder or weights file")
     fit_weights(student, read_weights(path), f"--student {source}")
@@ -62,8 +64,10 @@ def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5, student: str |
         tr = Trainer(quiet, tmp, ds, [student], [teacher], device)
         scored = [name for name, view in tr.views if getattr(view, "uses_student", False)]
         if scored and weights is None:
-            raise KDLabError(f"T. stddev: view {scored[0]!r} scores its candidates with the student; pass the trained "
-                             "student with --student RUN_DIR_OR_WEIGHTS (a fresh student would pick by noise)")
+            raise KDLabError(
+                f"T. stddev: view {scored[0]!r} scores its candidates with the student; pass the trained "
+                "student with --student RUN_DIR_OR_WEIGHTS (a fresh student would pick by noise)"
+            )
         sources = ["clean"] + [v.name for v in recipe.views]
         means: dict[str, list[torch.Tensor]] = {s: [] for s in ["all", *sources]}
         acc: dict[str, list[torch.Tensor]] = {s: [] for s in means}
@@ -74,8 +78,21 @@ def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5, student: str |
                 x = tr.prepare(x, gen)
                 probs = {"clean": teacher(x).logits.softmax(1).cpu()}
                 for name, view in tr.views:
-                    vb = view(ViewInput(x=x, y=y, idx=idx, gen=gen, teacher=teacher, student=student, lo=tr.lo,
-                                        hi=tr.hi, epoch=epoch, step=step, data=tr.train_data))
+                    vb = view(
+                        ViewInput(
+                            x=x,
+                            y=y,
+                            idx=idx,
+                            gen=gen,
+                            teacher=teacher,
+                            student=student,
+                            lo=tr.lo,
+                            hi=tr.hi,
+                            epoch=epoch,
+                            step=step,
+                            data=tr.train_data,
+                        )
+                    )
                     out = vb.teacher if vb.teacher is not None else teacher(vb.x)
                     probs[name] = out.logits.softmax(1).cpu()
                 for name, p in probs.items():
@@ -89,5 +106,10 @@ def t_stddev(recipe: Recipe, *, epochs: int = 10, group: int = 5, student: str |
     if len(means["all"]) < 2:
         raise KDLabError(f"T. stddev needs at least 2 groups of {group} batches; raise epochs or lower group")
     result = {name: float(torch.stack(m).std(0).mean()) for name, m in means.items()}
-    return {"t_stddev": result["all"], "by_source": {k: v for k, v in result.items() if k != "all"},
-            "groups": len(means["all"]), "epochs": epochs, "group": group}
+    return {
+        "t_stddev": result["all"],
+        "by_source": {k: v for k, v in result.items() if k != "all"},
+        "groups": len(means["all"]),
+        "epochs": epochs,
+        "group": group,
+    }

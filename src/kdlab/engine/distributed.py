@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import os
+
 import torch
 import torch.distributed as dist
 
@@ -92,7 +93,7 @@ def _flat_op(tensors: list[torch.Tensor], op) -> None:
     offset = 0
     for t in tensors:
         n = t.numel()
-        t.copy_(flat[offset:offset + n].view_as(t).to(t.dtype))
+        t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
         offset += n
 
 
@@ -112,8 +113,7 @@ def wrap(module: torch.nn.Module, device: torch.device, *, find_unused: bool) ->
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
-                                   find_unused_parameters=find_unused)
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused)
 
 
 def shard(modules: list[torch.nn.Module]) -> None:

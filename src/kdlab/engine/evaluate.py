@@ -15,8 +15,9 @@ from kdlab.engine.metrics import classification_metrics
 
 
 class Evaluator:
-    def __init__(self, test_loader: Any, val_loader: Any, prepare: Any, teacher: Any = None,
-                 autocast: torch.dtype | None = None):
+    def __init__(
+        self, test_loader: Any, val_loader: Any, prepare: Any, teacher: Any = None, autocast: torch.dtype | None = None
+    ):
         self.test_loader, self.val_loader = test_loader, val_loader
         self.prepare, self.teacher, self.autocast = prepare, teacher, autocast
         self._labels: dict[str, torch.Tensor] = {}
@@ -60,8 +61,9 @@ class Evaluator:
             else:
                 out[f"cohort{k}/test/top1"] = m["test/top1"]
         if self.val_loader is not None:
-            out.update(classification_metrics(self.logits(students[0], self.val_loader), self.labels("val"),
-                                              prefix="val/"))
+            out.update(
+                classification_metrics(self.logits(students[0], self.val_loader), self.labels("val"), prefix="val/")
+            )
         return out
 
     def teacher_metrics(self) -> dict[str, float]:

@@ -112,8 +112,13 @@ def _acquire_once(path: Path) -> tuple[bool, int | None]:
 
 
 @contextmanager
-def folder_lock(folder: str | Path, *, wait: bool = False, what: str = "run folder",
-                hint: str = "wait for it to finish, or pass --wait to queue behind it") -> Iterator[None]:
+def folder_lock(
+    folder: str | Path,
+    *,
+    wait: bool = False,
+    what: str = "run folder",
+    hint: str = "wait for it to finish, or pass --wait to queue behind it",
+) -> Iterator[None]:
     """Hold the exclusive lock of ``folder`` for the ``with`` block.
 
     ``wait=False`` raises a one-line KDLabError naming the holder when the folder is locked; ``wait=True``
@@ -143,8 +148,9 @@ def folder_lock(folder: str | Path, *, wait: bool = False, what: str = "run fold
                 waited = True
             time.sleep(POLL_S)
     except OSError as e:  # read-only or foreign folder
-        raise KDLabError(f"{what} {folder}: cannot create its lock file {path} ({e.strerror}); "
-                         "choose a writable --out") from None
+        raise KDLabError(
+            f"{what} {folder}: cannot create its lock file {path} ({e.strerror}); choose a writable --out"
+        ) from None
     _HELD[key] = (1, fd)
     try:
         yield

@@ -58,8 +58,11 @@ def resolve_loggers(loggers: list[str] | None, tensorboard: bool = True) -> list
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "global_epoch")}
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "global_epoch")
+    }
 
 
 def _import(module: str, name: str) -> Any:
@@ -69,8 +72,10 @@ def _import(module: str, name: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         extra = LOGGERS[name][1]
-        raise KDLabError(f"train.loggers: {name} is not installed: pip install 'kdlab[{extra}]' "
-                         f"(or drop {name!r} from train.loggers)") from None
+        raise KDLabError(
+            f"train.loggers: {name} is not installed: pip install 'kdlab[{extra}]' "
+            f"(or drop {name!r} from train.loggers)"
+        ) from None
 
 
 def _run_id(path: Path, make: Callable[[], str]) -> str:
@@ -112,8 +117,9 @@ class TensorBoard(Backend):
 
             self.tb = SummaryWriter(str(run_dir / "tb"))
         except ImportError:  # tensorboard is a core dependency; a stripped install just loses the curves
-            warnings.warn("tensorboard is not installed: no TensorBoard curves (metrics.jsonl is written)",
-                          stacklevel=2)
+            warnings.warn(
+                "tensorboard is not installed: no TensorBoard curves (metrics.jsonl is written)", stacklevel=2
+            )
 
     def log(self, record: dict[str, Any]) -> None:
         if self.tb is None:
@@ -154,8 +160,14 @@ class WandB(Backend):
         super().__init__(run_dir, recipe)
         wandb = _import("wandb", "wandb")
         rid = _run_id(run_dir / "wandb_id.txt", lambda: secrets.token_hex(4))
-        kwargs = dict(project=os.environ.get("WANDB_PROJECT", "kdlab"), name=_label(recipe, run_dir), id=rid,
-                      resume="allow", dir=str(run_dir), config=_config(recipe))
+        kwargs = dict(
+            project=os.environ.get("WANDB_PROJECT", "kdlab"),
+            name=_label(recipe, run_dir),
+            id=rid,
+            resume="allow",
+            dir=str(run_dir),
+            config=_config(recipe),
+        )
         try:
             self.run = wandb.init(**kwargs, reinit="create_new")  # a teacher run inside a student run: two runs
         except TypeError:  # older wandb
@@ -185,21 +197,24 @@ class MLflow(Backend):
             exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name)
 
             def create() -> str:
-                run = self.client.create_run(exp_id, run_name=_label(recipe, run_dir),
-                                             tags={"kdlab.run_dir": str(run_dir.resolve())})
+                run = self.client.create_run(
+                    exp_id, run_name=_label(recipe, run_dir), tags={"kdlab.run_dir": str(run_dir.resolve())}
+                )
                 params = _flat(_config(recipe))
                 from mlflow.entities import Param
 
                 items = [Param(k, v) for k, v in params.items()]
                 for i in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
-                    self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+                    self.client.log_batch(run.info.run_id, params=items[i : i + 100])
                 return run.info.run_id
 
             self.run_id = _run_id(run_dir / "mlflow_run_id.txt", create)
         except Exception as e:  # noqa: BLE001  (an unreachable server, a store the installed mlflow cannot open)
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise KDLabError(f"train.loggers: mlflow could not start ({msg}); set MLFLOW_TRACKING_URI to a "
-                             "server or a store your mlflow install supports") from None
+            raise KDLabError(
+                f"train.loggers: mlflow could not start ({msg}); set MLFLOW_TRACKING_URI to a "
+                "server or a store your mlflow install supports"
+            ) from None
 
     def log(self, record: dict[str, Any]) -> None:
         import time
@@ -216,8 +231,9 @@ class MLflow(Backend):
 class RunLogger:
     """``metrics.jsonl`` plus the named backends (see the module docstring)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, *, loggers: list[str] | None = None,
-                 recipe: Any = None):
+    def __init__(
+        self, run_dir: Path, tensorboard: bool = True, *, loggers: list[str] | None = None, recipe: Any = None
+    ):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS
         if recipe is not None and loggers is None:
@@ -252,8 +268,11 @@ class RunLogger:
             try:
                 self.backends[name].log(record)
             except Exception as e:  # noqa: BLE001  (a tracker's failure must not end a training run)
-                warnings.warn(f"train.loggers: {name} failed ({type(e).__name__}: {e}); it is off for the rest of "
-                              "this run (metrics.jsonl has every epoch)", stacklevel=2)
+                warnings.warn(
+                    f"train.loggers: {name} failed ({type(e).__name__}: {e}); it is off for the rest of "
+                    "this run (metrics.jsonl has every epoch)",
+                    stacklevel=2,
+                )
                 self.backends.pop(name)
 
     def close(self) -> None:

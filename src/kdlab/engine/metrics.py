@@ -19,8 +19,9 @@ def ece(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
     return float(total)
 
 
-def classification_metrics(logits: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None = None,
-                           prefix: str = "test/") -> dict[str, float]:
+def classification_metrics(
+    logits: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None = None, prefix: str = "test/"
+) -> dict[str, float]:
     logits, y = logits.float().cpu(), y.cpu()
     k = min(5, logits.shape[1])
     topk = logits.topk(k, dim=1).indices

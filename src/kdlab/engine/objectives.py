@@ -24,20 +24,27 @@ def check_teacher_needs(obj: Objective, teachers: Sequence[Any], extra_views: Se
                 continue
             missing = t.missing_taps(list(term.taps().teacher))
             if missing:
-                raise KDLabError(f"term {label!r} needs teacher features at {missing}, which the teacher cache "
-                                 f"{getattr(t, 'path', '')} does not store; add them to teacher.cache.taps and "
-                                 "rebuild, or drop `cache:`")
+                raise KDLabError(
+                    f"term {label!r} needs teacher features at {missing}, which the teacher cache "
+                    f"{getattr(t, 'path', '')} does not store; add them to teacher.cache.taps and "
+                    "rebuild, or drop `cache:`"
+                )
             if getattr(term, "needs_live_teacher", False) and t.live is None:
-                raise KDLabError(f"term {label!r} runs the teacher on new inputs, but teacher {i} is a cache "
-                                 "only; give the teacher `run:` or `model:` next to `cache:`")
+                raise KDLabError(
+                    f"term {label!r} runs the teacher on new inputs, but teacher {i} is a cache "
+                    "only; give the teacher `run:` or `model:` next to `cache:`"
+                )
         for name, view in extra_views:
             if view.p.targets == "teacher" and t.live is None:
-                raise KDLabError(f"view {name!r} needs the teacher on new inputs, but teacher {i} is a cache "
-                                 "only; give the teacher `run:` or `model:` next to `cache:`")
+                raise KDLabError(
+                    f"view {name!r} needs the teacher on new inputs, but teacher {i} is a cache "
+                    "only; give the teacher `run:` or `model:` next to `cache:`"
+                )
 
 
-def teacher_shapes(teachers: Sequence[Any], taps: list[str], input_shape: tuple[int, ...],
-                   device: torch.device) -> dict[str, Any]:
+def teacher_shapes(
+    teachers: Sequence[Any], taps: list[str], input_shape: tuple[int, ...], device: torch.device
+) -> dict[str, Any]:
     """Per-sample shapes of the first teacher's logits and taps: probed on the live model, or read from a cache."""
     if not teachers:
         return {}
@@ -50,9 +57,15 @@ def teacher_shapes(teachers: Sequence[Any], taps: list[str], input_shape: tuple[
     return shapes
 
 
-def build_objectives(terms: dict[str, TermSpec], students: Sequence[nn.Module], teachers: Sequence[Any],
-                     extra_views: Sequence[tuple[str, Any]], dataset: Any, device: torch.device,
-                     fit: FitData) -> nn.ModuleList:
+def build_objectives(
+    terms: dict[str, TermSpec],
+    students: Sequence[nn.Module],
+    teachers: Sequence[Any],
+    extra_views: Sequence[tuple[str, Any]],
+    dataset: Any,
+    device: torch.device,
+    fit: FitData,
+) -> nn.ModuleList:
     objectives = []
     for student in students:
         obj = Objective({label: spec.build() for label, spec in terms.items()})
@@ -66,8 +79,9 @@ def build_objectives(terms: dict[str, TermSpec], students: Sequence[nn.Module], 
                 t.live.add_taps(list(taps.teacher))
         s_shapes = probe_shapes(student, taps.student, dataset.input_shape, device)
         t_shapes = teacher_shapes(teachers, list(taps.teacher), dataset.input_shape, device)
-        info = SetupInfo(num_train=len(dataset.train), num_classes=dataset.num_classes,
-                         input_shape=tuple(dataset.input_shape))
+        info = SetupInfo(
+            num_train=len(dataset.train), num_classes=dataset.num_classes, input_shape=tuple(dataset.input_shape)
+        )
         obj.setup(s_shapes, t_shapes, info)
         obj.to(device)
         obj.fit(fit)
@@ -80,6 +94,6 @@ def carry_over(prev: nn.ModuleList, new: nn.ModuleList) -> None:
     paraphraser, pre-trained in stage 1 and used in stage 2)."""
     for old_obj, new_obj in zip(prev, new):
         for label, term in new_obj.terms.items():
-            old = old_obj.terms[label] if label in old_obj.terms else None
+            old = old_obj.terms.get(label)
             if old is not None and type(old) is type(term):
                 term.load_state_dict(old.state_dict(), strict=False)

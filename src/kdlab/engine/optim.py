@@ -15,8 +15,9 @@ from kdlab.recipe import OptimSpec, ScheduleSpec
 
 
 def _sgd(params: Iterable, s: OptimSpec) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0,
-                           weight_decay=s.weight_decay)
+    return torch.optim.SGD(
+        params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0, weight_decay=s.weight_decay
+    )
 
 
 def _adamw(params: Iterable, s: OptimSpec) -> torch.optim.Optimizer:
@@ -44,7 +45,9 @@ def _constant(s: ScheduleSpec, t: float) -> float:
 
 
 SCHEDULES: dict[str, Callable[[ScheduleSpec, float], float]] = {
-    "multistep": _multistep, "cosine": _cosine, "constant": _constant,
+    "multistep": _multistep,
+    "cosine": _cosine,
+    "constant": _constant,
 }
 
 

@@ -42,9 +42,16 @@ class EpochBar:
         from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn(escape(label)), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[top1]}"),
-                                 TimeRemainingColumn(), transient=True, console=console)
+        self.progress = Progress(
+            TextColumn(escape(label)),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[top1]}"),
+            TimeRemainingColumn(),
+            transient=True,
+            console=console,
+        )
         self.task = self.progress.add_task(label, total=total, loss="–", top1=_top1(last))
         self.total, self.done, self.read_at = total, 0, 0.0
         self.progress.start()
@@ -86,8 +93,15 @@ def show_bar(setting: bool | None, stream: TextIO | None = None) -> bool:
     return bool(setting) if setting is not None else bool(getattr(stream, "isatty", lambda: False)())
 
 
-def epoch_bar(label: str, total: int, *, setting: bool | None, main: bool = True,
-              last: dict[str, Any] | None = None, console: Any = None) -> EpochBar | NoBar:
+def epoch_bar(
+    label: str,
+    total: int,
+    *,
+    setting: bool | None,
+    main: bool = True,
+    last: dict[str, Any] | None = None,
+    console: Any = None,
+) -> EpochBar | NoBar:
     if not main or _SILENT or not show_bar(setting):
         return NoBar()
     return EpochBar(label, total, last, console)
@@ -109,8 +123,9 @@ def format_epoch(label: str, record: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def epoch_line(label: str, record: dict[str, Any], *, setting: bool | None, main: bool = True,
-               stream: TextIO | None = None) -> None:
+def epoch_line(
+    label: str, record: dict[str, Any], *, setting: bool | None, main: bool = True, stream: TextIO | None = None
+) -> None:
     """One line per epoch on stderr (flushed, so that nohup/SLURM logs show it at once)."""
     if not main or _SILENT or setting is False:
         return
@@ -148,10 +163,20 @@ def interrupted_message() -> str:
     stop_bars()
     run = _RUN
     if run is not None and (run / RECIPE).exists():
-        return (f"kdlab: interrupted; continue with: kdlab run --resume {shlex.quote(str(run))}  "
-                "(from its last checkpoint; finished runs are kept)")
+        return (
+            f"kdlab: interrupted; continue with: kdlab run --resume {shlex.quote(str(run))}  "
+            "(from its last checkpoint; finished runs are kept)"
+        )
     return "kdlab: interrupted; run the same command again to continue (finished epochs and runs are kept)"
 
 
-__all__ = ["EpochBar", "epoch_bar", "epoch_line", "format_epoch", "interrupted_message", "stop_bars",
-           "current_run", "silenced"]
+__all__ = [
+    "EpochBar",
+    "epoch_bar",
+    "epoch_line",
+    "format_epoch",
+    "interrupted_message",
+    "stop_bars",
+    "current_run",
+    "silenced",
+]

@@ -27,7 +27,6 @@ import torch
 import yaml
 
 import kdlab
-
 from kdlab.build import build_network
 from kdlab.data import build_dataset
 from kdlab.data.builtin import stratified_subset
@@ -64,13 +63,13 @@ def build_data(recipe: Recipe, run_dir: Path | None = None) -> Any:
     then the validation carve-out. The test split is never touched."""
     import dataclasses
 
-
     d = recipe.data
     dataset = build_dataset(d.name, **d.kwargs)
     if d.corruption is not None:
         seed = d.corruption.seed if d.corruption.seed is not None else recipe.seed
-        train, record = corrupt(dataset.train, dataset.num_classes, d.corruption, seed,
-                                class_names=dataset.classes or None)
+        train, record = corrupt(
+            dataset.train, dataset.num_classes, d.corruption, seed, class_names=dataset.classes or None
+        )
         dataset = dataclasses.replace(dataset, train=train)
         if run_dir is not None:
             _write_text(run_dir / "corruption.json", json.dumps(_jsonable(record)))
@@ -79,8 +78,9 @@ def build_data(recipe: Recipe, run_dir: Path | None = None) -> Any:
         val_idx = stratified_subset(dataset.train.y, n_val, d.split_seed)
         mask = torch.ones(len(dataset.train), dtype=torch.bool)
         mask[val_idx] = False
-        dataset = dataclasses.replace(dataset, train=dataset.train.subset(mask.nonzero().squeeze(1)),
-                                      val=dataset.train.subset(val_idx))
+        dataset = dataclasses.replace(
+            dataset, train=dataset.train.subset(mask.nonzero().squeeze(1)), val=dataset.train.subset(val_idx)
+        )
 
     check_dataset(dataset, batch_size=d.batch_size, drop_last=d.drop_last, world=dist.world())  # before any step
     return dataset
@@ -98,10 +98,17 @@ def _jsonable(obj: Any) -> Any:
 
 def provenance(device: torch.device) -> dict[str, Any]:
     env: dict[str, Any] = {
-        "kdlab": kdlab.__version__, "python": sys.version.split()[0], "torch": torch.__version__,
-        "numpy": np.__version__, "platform": platform.platform(), "machine": platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
-        "argv": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "kdlab": kdlab.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "argv": sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -120,8 +127,15 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: Existing = "resume",
-               callbacks: Sequence[Any] = (), quiet: bool = False, wait: bool = False) -> dict[str, Any]:
+def run_recipe(
+    recipe: Recipe,
+    *,
+    run_dir: str | Path | None = None,
+    existing: Existing = "resume",
+    callbacks: Sequence[Any] = (),
+    quiet: bool = False,
+    wait: bool = False,
+) -> dict[str, Any]:
     """Train one recipe (one seed) into its run folder and return the summary.
 
     ``existing`` says what to do with a folder that already holds a run of this recipe: resume it (and
@@ -133,14 +147,18 @@ def run_recipe(recipe: Recipe, *, run_dir: str | Path | None = None, existing: E
     kwargs = dict(run_dir=run_dir, existing=existing, callbacks=callbacks, quiet=quiet)
     if dist.requested() and int(os.environ.get("RANK", "0") or 0) != 0:
         return _run_locked(recipe, **kwargs)  # rank 0 holds the folder's lock for the whole group
-    hint = ("--force does not stop a live run: wait for it to finish or stop it first" if existing == "overwrite"
-            else "wait for it to finish, or pass --wait to queue behind it")
+    hint = (
+        "--force does not stop a live run: wait for it to finish or stop it first"
+        if existing == "overwrite"
+        else "wait for it to finish, or pass --wait to queue behind it"
+    )
     with folder_lock(run_dir, wait=wait, hint=hint):
         return _run_locked(recipe, **kwargs)
 
 
-def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks: Sequence[Any],
-                quiet: bool) -> dict[str, Any]:
+def _run_locked(
+    recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks: Sequence[Any], quiet: bool
+) -> dict[str, Any]:
     """``run_recipe``'s body, called with the run folder's lock held."""
     summary_path = run_dir / SUMMARY
     # torchrun (WORLD_SIZE > 1): the process group first, so that the ranks can wait for each other
@@ -152,11 +170,14 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
         if existing == "overwrite":
             wipe = True
         elif existing == "error":
-            raise KDLabError(f"run folder {run_dir} exists; resume it with `kdlab run --resume {run_dir}` or pass --force")
+            raise KDLabError(
+                f"run folder {run_dir} exists; resume it with `kdlab run --resume {run_dir}` or pass --force"
+            )
         elif saved.exists() and _saved_recipe(saved) != recipe.to_dict():
             if (run_dir / CHECKPOINT).exists():
-                raise KDLabError(f"run folder {run_dir} holds a different recipe; choose another `out`/`name` "
-                                 "or pass --force")
+                raise KDLabError(
+                    f"run folder {run_dir} holds a different recipe; choose another `out`/`name` or pass --force"
+                )
             wipe = True  # it never finished an epoch (e.g. a recipe error at start-up): nothing to keep
         elif summary_path.exists():
             summary = read_json(summary_path, "--force restarts the run")
@@ -181,8 +202,13 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
         write_for_run(run_dir, recipe, dataset)  # what predict/eval/export need, so they never reload the data
         env_path = run_dir / ENV
         env = json.loads(env_path.read_text()) if env_path.exists() else {"runs": []}
-        env["runs"].append({**provenance(device), "resumed_from_epoch": resume["global_epoch"] if resume else None,
-                            **({"world_size": dist.world()} if dist.world() > 1 else {})})
+        env["runs"].append(
+            {
+                **provenance(device),
+                "resumed_from_epoch": resume["global_epoch"] if resume else None,
+                **({"world_size": dist.world()} if dist.world() > 1 else {}),
+            }
+        )
         _write_text(env_path, json.dumps(env, indent=2))
 
     torch.manual_seed(recipe.seed)  # model initialisation is a function of the seed
@@ -198,8 +224,10 @@ def _run_locked(recipe: Recipe, *, run_dir: Path, existing: Existing, callbacks:
     dist.barrier()
     if not quiet:
         f, b = summary["final"], summary["best"]
-        print(f"{recipe.name} seed {recipe.seed}: top-1 last {100 * f.get('test/top1', float('nan')):.2f} "
-              f"best {100 * b.get('test/top1', float('nan')):.2f} ({summary['wall_s']:.1f} s) -> {run_dir}")
+        print(
+            f"{recipe.name} seed {recipe.seed}: top-1 last {100 * f.get('test/top1', float('nan')):.2f} "
+            f"best {100 * b.get('test/top1', float('nan')):.2f} ({summary['wall_s']:.1f} s) -> {run_dir}"
+        )
     return summary
 
 
@@ -213,6 +241,8 @@ def _saved_recipe(path: Path) -> dict[str, Any]:
 def resume_run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE).exists():
-        raise KDLabError(f"{run_dir} is not a kdlab run folder (no recipe.yaml); rerun its recipe with `kdlab run` "
-                         "(it continues in the same folder)")
+        raise KDLabError(
+            f"{run_dir} is not a kdlab run folder (no recipe.yaml); rerun its recipe with `kdlab run` "
+            "(it continues in the same folder)"
+        )
     return run_recipe(load_recipe(run_dir / RECIPE), run_dir=run_dir, existing="resume", **kwargs)

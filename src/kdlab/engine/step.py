@@ -56,10 +56,18 @@ class ExtraViews:
     data: Any = None  # the training split, for views that regenerate offline sets
 
 
-def distill_step(batch: Batch, students: Sequence[nn.Module], objectives: Sequence[Objective],
-                 teachers: Sequence[Any] = (), *, captures: Sequence[Capture] | None = None,
-                 extra: ExtraViews | None = None, concat_views: bool = False,
-                 autocast: torch.dtype | None = None, clock: Clock | None = None) -> StepResult:
+def distill_step(
+    batch: Batch,
+    students: Sequence[nn.Module],
+    objectives: Sequence[Objective],
+    teachers: Sequence[Any] = (),
+    *,
+    captures: Sequence[Capture] | None = None,
+    extra: ExtraViews | None = None,
+    concat_views: bool = False,
+    autocast: torch.dtype | None = None,
+    clock: Clock | None = None,
+) -> StepResult:
     """The objective of every student over the clean batch and every extra view. ``captures`` hold the
     students' forward hooks for the objectives' taps (made here, and removed, when not given)."""
     clock = clock or Clock()
@@ -75,9 +83,17 @@ def distill_step(batch: Batch, students: Sequence[nn.Module], objectives: Sequen
                 c.remove()
 
 
-def _step(batch: Batch, students: Sequence[nn.Module], objectives: Sequence[Objective], teachers: list[Any],
-          captures: Sequence[Capture], extra: ExtraViews, concat_views: bool, autocast: torch.dtype | None,
-          clock: Clock) -> StepResult:
+def _step(
+    batch: Batch,
+    students: Sequence[nn.Module],
+    objectives: Sequence[Objective],
+    teachers: list[Any],
+    captures: Sequence[Capture],
+    extra: ExtraViews,
+    concat_views: bool,
+    autocast: torch.dtype | None,
+    clock: Clock,
+) -> StepResult:
     x, y, idx = batch.x, batch.y, batch.idx
     include_clean = not any(v.p.mode == "replace" for _, v in extra.views)
     batches: list[tuple[str, Any, float, str]] = []  # (name, ViewBatch | None, weight, targets)
@@ -86,8 +102,21 @@ def _step(batch: Batch, students: Sequence[nn.Module], objectives: Sequence[Obje
     stats: dict[str, Any] = {}
     first_live = teachers[0].live if teachers else None
     for name, view in extra.views:
-        vb = view(ViewInput(x=x, y=y, idx=idx, gen=extra.gen, teacher=first_live, student=students[0],
-                            lo=extra.lo, hi=extra.hi, epoch=clock.epoch, step=clock.step, data=extra.data))
+        vb = view(
+            ViewInput(
+                x=x,
+                y=y,
+                idx=idx,
+                gen=extra.gen,
+                teacher=first_live,
+                student=students[0],
+                lo=extra.lo,
+                hi=extra.hi,
+                epoch=clock.epoch,
+                step=clock.step,
+                data=extra.data,
+            )
+        )
         batches.append((name, vb, view.p.weight, view.p.targets))
         stats.update({f"view/{name}/{k}": v for k, v in vb.stats.items()})
     inputs = [x if vb is None else vb.x for _, vb, _, _ in batches]
@@ -104,20 +133,30 @@ def _step(batch: Batch, students: Sequence[nn.Module], objectives: Sequence[Obje
     live_models = [t.live for t in teachers if t.live is not None]
     total = x.new_zeros((), dtype=torch.float32)
     named: dict[str, torch.Tensor] = {}
-    ctx_autocast = (torch.autocast(x.device.type, dtype=autocast) if autocast is not None
-                    else contextlib.nullcontext())
+    ctx_autocast = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     with ctx_autocast:
         per_student = [_student_passes(s, captures[k], inputs, concat_views) for k, s in enumerate(students)]
         for k in range(len(students)):
             for j, (name, vb, weight, targets) in enumerate(batches):
                 logits, feats = per_student[k][j]
                 ctx = StepContext(
-                    x=inputs[j], y=y if vb is None else vb.y, idx=idx if vb is None else vb.idx,
-                    s_logits=logits, s_feats=feats, teacher_outputs=t_outs[j],
+                    x=inputs[j],
+                    y=y if vb is None else vb.y,
+                    idx=idx if vb is None else vb.idx,
+                    s_logits=logits,
+                    s_feats=feats,
+                    teacher_outputs=t_outs[j],
                     peer_logits=[per_student[o][j][0].detach() for o in range(len(students)) if o != k],
-                    student=students[k], live_teachers=live_models, view=name,
-                    y_is_target=vb is None, y_mix=None if vb is None else vb.y_mix,
-                    epoch=clock.epoch, epochs=clock.epochs, step=clock.step, steps_per_epoch=clock.steps)
+                    student=students[k],
+                    live_teachers=live_models,
+                    view=name,
+                    y_is_target=vb is None,
+                    y_mix=None if vb is None else vb.y_mix,
+                    epoch=clock.epoch,
+                    epochs=clock.epochs,
+                    step=clock.step,
+                    steps_per_epoch=clock.steps,
+                )
                 loss, parts = objectives[k](ctx, targets=targets)
                 total = total + weight * loss
                 if k == 0:

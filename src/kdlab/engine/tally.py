@@ -35,9 +35,11 @@ class DeviceSums:
         bad = int(self.bad)
         if bad >= 0:
             nonfinite = [k for k, v in self.sums.items() if not np.isfinite(float(v))]
-            raise KDLabError(f"non-finite loss at {where} step {bad} (checked over steps {self.checked}-{step}); "
-                             f"non-finite: {', '.join(nonfinite) or 'total'}; lower the learning rate or set "
-                             "train.grad_clip")
+            raise KDLabError(
+                f"non-finite loss at {where} step {bad} (checked over steps {self.checked}-{step}); "
+                f"non-finite: {', '.join(nonfinite) or 'total'}; lower the learning rate or set "
+                "train.grad_clip"
+            )
         self.checked = step + 1
 
     def read(self) -> tuple[dict[str, float], int]:

@@ -116,4 +116,3 @@ def run_together(recipes: Sequence[Recipe], *, callbacks: Sequence[Any] = (), **
         if e is not None:
             raise e
     return results
-

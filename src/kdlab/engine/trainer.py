@@ -70,8 +70,17 @@ class TrainData:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, run_dir: Path, dataset: Any, students: Sequence[nn.Module],
-                 teachers: Sequence[Any], device: torch.device, *, callbacks: Sequence[Any] = ()):
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        dataset: Any,
+        students: Sequence[nn.Module],
+        teachers: Sequence[Any],
+        device: torch.device,
+        *,
+        callbacks: Sequence[Any] = (),
+    ):
         self.recipe, self.run_dir, self.ds, self.device = recipe, Path(run_dir), dataset, device
         self.students = nn.ModuleList(students).to(device)
         self.teachers = list(teachers)
@@ -79,13 +88,17 @@ class Trainer:
         tr = recipe.train
         self.fsdp = dist.world() > 1 and tr.parallel == "fsdp"
         if self.fsdp and len(plan_stages(recipe)) > 1:
-            raise KDLabError("train.parallel: fsdp runs single-stage recipes (a new stage would reshard the "
-                             "students); use ddp for `stages:`")
+            raise KDLabError(
+                "train.parallel: fsdp runs single-stage recipes (a new stage would reshard the "
+                "students); use ddp for `stages:`"
+            )
         if dist.world() > 1:
             if tr.sync_batchnorm:
                 if device.type != "cuda":
-                    raise KDLabError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
-                                     "kernel); drop it on the CPU")
+                    raise KDLabError(
+                        "train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                        "kernel); drop it on the CPU"
+                    )
                 self.students = nn.SyncBatchNorm.convert_sync_batchnorm(self.students)
         if device.type == "cuda":  # fixed batch shapes: let cuDNN pick the fastest convolution once per shape
             torch.backends.cudnn.benchmark = True
@@ -98,7 +111,7 @@ class Trainer:
             self.students.to(memory_format=self.memory_format)
         # What rank 0 evaluates and saves: the students themselves, or under FSDP a bare copy that receives the
         # gathered full state at every epoch end (before any hook is registered on the students).
-        self.rank0_students = (copy.deepcopy(self.students) if self.fsdp and dist.is_main() else self.students)
+        self.rank0_students = copy.deepcopy(self.students) if self.fsdp and dist.is_main() else self.students
         t_autocast = teacher_autocast(tr, device)
         for t in self.teachers:
             if t.live is not None:
@@ -107,8 +120,10 @@ class Trainer:
             table = getattr(t, "table", None)
             if table is not None:  # a cache of K stored views per sample: the loader applies those rows
                 if self.pipeline.table is not None and not torch.equal(self.pipeline.table, table):
-                    raise KDLabError("teacher caches with different stored views cannot serve one run; build them "
-                                     "with the same teacher.cache.views and seed")
+                    raise KDLabError(
+                        "teacher caches with different stored views cannot serve one run; build them "
+                        "with the same teacher.cache.views and seed"
+                    )
                 self.pipeline.table = table.to(device)
         if tr.compile:
             self._compile(CompileSpec() if tr.compile is True else tr.compile)
@@ -130,8 +145,13 @@ class Trainer:
         # otherwise on test top-1, the CRD/RepDistiller convention, reported next to the last epoch.
         self.select_by = "val/top1" if val is not None else "test/top1"
         self.eval_loader = self._loader(dataset.test)
-        self.evaluator = Evaluator(self.eval_loader, self.val_loader, lambda x: self.pipeline.prepare(x.to(device)),
-                                   self.teachers[0] if self.teachers else None, self.autocast)
+        self.evaluator = Evaluator(
+            self.eval_loader,
+            self.val_loader,
+            lambda x: self.pipeline.prepare(x.to(device)),
+            self.teachers[0] if self.teachers else None,
+            self.autocast,
+        )
         self.stages = plan_stages(recipe)
         self.is_rank0 = dist.is_main()  # rank 0 (always, in one process) evaluates and writes the run folder
         self.logger = RunLogger(self.run_dir, tensorboard=tr.tensorboard, recipe=recipe) if self.is_rank0 else None
@@ -164,8 +184,9 @@ class Trainer:
             return None
         find_unused = self.recipe.train.find_unused
         if find_unused is None:  # auto: a parameter may get no gradient in some step
-            find_unused = (stage.trainable is not None or bool(self.views)
-                           or any(p.requires_grad for p in objectives.parameters()))
+            find_unused = (
+                stage.trainable is not None or bool(self.views) or any(p.requires_grad for p in objectives.parameters())
+            )
         return dist.wrap(StepModule(self.students, objectives), self.device, find_unused=find_unused)
 
     def _loader(self, split: Any, shuffle: bool = False, shard: bool = False) -> Any:
@@ -173,9 +194,17 @@ class Trainer:
         ``shard``: this rank's part of every epoch's order (data-parallel training; all of it in one process)."""
         d = self.recipe.data
         extra = {"rank": dist.rank(), "world": dist.world()} if shard and dist.world() > 1 else {}
-        return make_loader(split, batch_size=d.batch_size if shuffle else d.eval_batch_size, shuffle=shuffle,
-                           drop_last=d.drop_last and shuffle, device=self.device, seed=self.recipe.seed,
-                           resident=d.resident, num_workers=d.num_workers, **extra)
+        return make_loader(
+            split,
+            batch_size=d.batch_size if shuffle else d.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=d.drop_last and shuffle,
+            device=self.device,
+            seed=self.recipe.seed,
+            resident=d.resident,
+            num_workers=d.num_workers,
+            **extra,
+        )
 
     def prepare(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """A raw batch made ready for a model: augmented (when ``gen`` is given), normalised, laid out."""
@@ -186,10 +215,16 @@ class Trainer:
 
     def _build_objectives(self, stage: Stage) -> nn.ModuleList:
         """One objective per student for the stage, checked against the teachers, set up and fitted."""
-        fit = FitData(teacher_features=self.teacher_features, labels=self.ds.train.y.cpu(),
-                      num_classes=self.ds.num_classes, seed=self.recipe.seed, run_dir=self.run_dir)
-        objectives = build_objectives(stage.objective, self.students, self.teachers, self.views, self.ds,
-                                      self.device, fit)
+        fit = FitData(
+            teacher_features=self.teacher_features,
+            labels=self.ds.train.y.cpu(),
+            num_classes=self.ds.num_classes,
+            seed=self.recipe.seed,
+            run_dir=self.run_dir,
+        )
+        objectives = build_objectives(
+            stage.objective, self.students, self.teachers, self.views, self.ds, self.device, fit
+        )
         if self._prev_objectives is not None:
             carry_over(self._prev_objectives, objectives)
         self._prev_objectives = objectives
@@ -224,8 +259,10 @@ class Trainer:
             raise KDLabError("this term fits to a teacher, but the recipe has none")
         teacher = self.teachers[0].live
         if teacher is None:
-            raise KDLabError("a term fits to the teacher's features over the training split (letKD templates), but "
-                             "the teacher is a cache only; give the teacher `run:` or `model:` next to `cache:`")
+            raise KDLabError(
+                "a term fits to the teacher's features over the training split (letKD templates), but "
+                "the teacher is a cache only; give the teacher `run:` or `model:` next to `cache:`"
+            )
         teacher.add_taps(list(taps))
         loader = self._loader(self.ds.train)
         seen = teacher.samples_seen
@@ -280,7 +317,9 @@ class Trainer:
                         opt.load_state_dict(resume["optimizer"])
                 try:
                     for epoch in range(first, stage.epochs):
-                        record = self._train_epoch(stage, stage_index, epoch, offset + epoch, objectives, captures, opt, ddp)
+                        record = self._train_epoch(
+                            stage, stage_index, epoch, offset + epoch, objectives, captures, opt, ddp
+                        )
                         self._after_epoch(stage, stage_index, epoch, offset + epoch, record, objectives, opt)
                 finally:
                     for c in captures:
@@ -291,9 +330,17 @@ class Trainer:
                 self.logger.close()
         return self.summary()
 
-    def _train_epoch(self, stage: Stage, stage_index: int, epoch: int, global_epoch: int, objectives: nn.ModuleList,
-                     captures: list[Capture], opt: torch.optim.Optimizer,
-                     ddp: nn.Module | None = None) -> dict[str, Any]:
+    def _train_epoch(
+        self,
+        stage: Stage,
+        stage_index: int,
+        epoch: int,
+        global_epoch: int,
+        objectives: nn.ModuleList,
+        captures: list[Capture],
+        opt: torch.optim.Optimizer,
+        ddp: nn.Module | None = None,
+    ) -> dict[str, Any]:
         seed = epoch_seed(self.recipe.seed, global_epoch)
         reseed(seed)
         gen = torch.Generator(self.device).manual_seed(seed)  # augmentation drawn on the device: no copies
@@ -313,8 +360,13 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr0 * factor
             batch = self.pipeline(x, y, idx, gen)
-            kw = dict(captures=captures, extra=extra, concat_views=self.recipe.train.concat_views,
-                      autocast=self.autocast, clock=Clock(epoch, stage.epochs, step, steps))
+            kw = dict(
+                captures=captures,
+                extra=extra,
+                concat_views=self.recipe.train.concat_views,
+                autocast=self.autocast,
+                clock=Clock(epoch, stage.epochs, step, steps),
+            )
             if ddp is not None:  # the backward all-reduces the gradients (students and connectors), bucketed
                 total, named, stats = _ddp_step(ddp, batch, self.teachers, kw)
             else:
@@ -340,25 +392,40 @@ class Trainer:
             progress.step(lambda: float(acc.sums["loss"]) / max(1, acc.count))  # read only when a bar shows it
             for cb in self.callbacks:
                 if hasattr(cb, "on_step_end"):
-                    cb.on_step_end(self, {"stage": stage_index, "epoch": epoch, "step": step, "global_epoch": global_epoch})
+                    cb.on_step_end(
+                        self, {"stage": stage_index, "epoch": epoch, "step": step, "global_epoch": global_epoch}
+                    )
         if progress is not None:
             progress.stop()
         sums, count = acc.read()
         if dist.world() > 1:  # log the mean over all ranks' samples (every rank has the same keys)
             keys = sorted(sums)
-            tot = dist.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64,
-                                                   device=self.device)).tolist()
+            tot = dist.all_reduce_sum(
+                torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64, device=self.device)
+            ).tolist()
             sums, count = dict(zip(keys, tot[:-1])), int(tot[-1])
-        record: dict[str, Any] = {"epoch": epoch + 1, "global_epoch": global_epoch + 1, "stage": stage.name,
-                                  "lr": lr0 * lr_factor(stage.schedule, epoch, 0, steps)}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "global_epoch": global_epoch + 1,
+            "stage": stage.name,
+            "lr": lr0 * lr_factor(stage.schedule, epoch, 0, steps),
+        }
         record.update({(k if k.startswith("view/") else f"train/{k}"): v / max(1, count) for k, v in sums.items()})
         if self.teachers:  # live teacher samples per clean sample: 1 for plain KD, m + 1 for CutMixPick, 0 cached
             record["cost/teacher_passes"] = (self._teacher_passes() - seen0) / max(1, count)
         record["time/train_s"] = time.perf_counter() - t0
         return record
 
-    def _after_epoch(self, stage: Stage, stage_index: int, epoch: int, global_epoch: int, record: dict[str, Any],
-                     objectives: nn.ModuleList, opt: torch.optim.Optimizer) -> None:
+    def _after_epoch(
+        self,
+        stage: Stage,
+        stage_index: int,
+        epoch: int,
+        global_epoch: int,
+        record: dict[str, Any],
+        objectives: nn.ModuleList,
+        opt: torch.optim.Optimizer,
+    ) -> None:
         save_now = (epoch + 1) % self.recipe.train.checkpoint_every == 0 or epoch == stage.epochs - 1
         full: dict[str, Any] | None = None
         if dist.world() > 1:
@@ -368,7 +435,8 @@ class Trainer:
                 full = {"modules": model, "optimizer": optim}
                 if self.is_rank0:
                     self.rank0_students.load_state_dict(
-                        {k[len("students."):]: v for k, v in model.items() if k.startswith("students.")})
+                        {k[len("students.") :]: v for k, v in model.items() if k.startswith("students.")}
+                    )
             if not self.is_rank0:  # rank 0 evaluates and writes; the others wait for it
                 dist.barrier()
                 for cb in self.callbacks:
@@ -388,16 +456,27 @@ class Trainer:
         record["time/epoch_s"] = record["time/train_s"] + time.perf_counter() - t0
         self.wall_s += record["time/epoch_s"]
         self.logger.log(record)
-        epoch_line(f"{self.recipe.name} [{stage.name}] epoch {epoch + 1}/{stage.epochs}", record,
-                   setting=self.recipe.train.progress)
+        epoch_line(
+            f"{self.recipe.name} [{stage.name}] epoch {epoch + 1}/{stage.epochs}",
+            record,
+            setting=self.recipe.train.progress,
+        )
         if save_now:
-            save_state(self.run_dir / CHECKPOINT, {
-                "stage": stage_index, "epoch": epoch + 1, "global_epoch": global_epoch + 1,
-                "modules": full["modules"] if full else self._state_modules(objectives).state_dict(),
-                "optimizer": full["optimizer"] if full else opt.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "rng": rng_state(), "best": self.best, "last": self.last, "wall_s": self.wall_s,
-            })
+            save_state(
+                self.run_dir / CHECKPOINT,
+                {
+                    "stage": stage_index,
+                    "epoch": epoch + 1,
+                    "global_epoch": global_epoch + 1,
+                    "modules": full["modules"] if full else self._state_modules(objectives).state_dict(),
+                    "optimizer": full["optimizer"] if full else opt.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                    "rng": rng_state(),
+                    "best": self.best,
+                    "last": self.last,
+                    "wall_s": self.wall_s,
+                },
+            )
         if last_of_run:
             save_weights(self.run_dir / FINAL_WEIGHTS, self.rank0_students[0].state_dict())
             for k in range(1, len(self.students)):
@@ -414,9 +493,16 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         if not self.is_rank0:  # only rank 0 evaluated; the others' summary is not written
             return {"name": self.recipe.name, "seed": self.recipe.seed, "status": "finished", "rank": dist.rank()}
-        return {"name": self.recipe.name, "seed": self.recipe.seed,
-                "epochs": sum(s.epochs for s in self.stages), "wall_s": self.wall_s,
-                "final": self.last, "best": self.best, "teacher": self.teacher_metrics(), "status": "finished"}
+        return {
+            "name": self.recipe.name,
+            "seed": self.recipe.seed,
+            "epochs": sum(s.epochs for s in self.stages),
+            "wall_s": self.wall_s,
+            "final": self.last,
+            "best": self.best,
+            "teacher": self.teacher_metrics(),
+            "status": "finished",
+        }
 
 
 def _ddp_step(ddp: nn.Module, batch: Any, teachers: list[Any], kw: dict[str, Any]):
@@ -426,8 +512,10 @@ def _ddp_step(ddp: nn.Module, batch: Any, teachers: list[Any], kw: dict[str, Any
         return ddp(batch, teachers, **kw)
     except RuntimeError as e:
         if "finished reduction in the prior iteration" in str(e):
-            raise KDLabError("DistributedDataParallel: some trainable parameters got no gradient in the previous "
-                             "step; set train.find_unused: true") from None
+            raise KDLabError(
+                "DistributedDataParallel: some trainable parameters got no gradient in the previous "
+                "step; set train.find_unused: true"
+            ) from None
         raise
 
 

@@ -25,8 +25,9 @@ class Inserted(nn.Module):
         return self.layer(self.inner(*args, **kwargs))
 
 
-def insert_layers(model: nn.Module, specs: Sequence[Any], *, input_shape: tuple[int, ...],
-                  num_classes: int) -> nn.Module:
+def insert_layers(
+    model: nn.Module, specs: Sequence[Any], *, input_shape: tuple[int, ...], num_classes: int
+) -> nn.Module:
     """Insert ``specs`` (InsertSpec: at, layer, kwargs) in order; channel counts come from a probe."""
     for spec in specs:
         path, want_input = split_tap(resolve_alias(model, spec.at))

@@ -38,8 +38,7 @@ class CosineConv1x1(nn.Module):
     the C -> K = 4096 templates (C = 64) would start ~64x shorter, so ~64x faster, and the value layer ~64x
     slower than the authors'."""
 
-    def __init__(self, in_channels: int, out_channels: int, scale: float, learn_scale: bool = True,
-                 eps: float = 1e-12):
+    def __init__(self, in_channels: int, out_channels: int, scale: float, learn_scale: bool = True, eps: float = 1e-12):
         super().__init__()
         self.in_channels, self.out_channels, self.eps = in_channels, out_channels, eps
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels) * math.sqrt(2.0 / in_channels))
@@ -63,8 +62,15 @@ class LetKDLayer(nn.Module):
     Accepts (B, C, H, W) maps, and (B, C) or (B, C, L) features as maps of width 1 (same output shape as input).
     """
 
-    def __init__(self, channels: int, templates: int, alpha: float = 1.0, scale_scores: float = 3.0,
-                 scale_value: float = 1.0, learn_scale: bool = True):
+    def __init__(
+        self,
+        channels: int,
+        templates: int,
+        alpha: float = 1.0,
+        scale_scores: float = 3.0,
+        scale_value: float = 1.0,
+        learn_scale: bool = True,
+    ):
         super().__init__()
         self.channels, self.templates, self.alpha = int(channels), int(templates), float(alpha)
         self.scores = CosineConv1x1(self.channels, self.templates, scale_scores, learn_scale)
@@ -89,23 +95,41 @@ class LetKDLayer(nn.Module):
         return f"channels={self.channels}, templates={self.templates}, alpha={self.alpha}"
 
 
-@LAYERS.register("letkd", description="letKD layer: cosine templates -> BN-ReLU -> cosine value, x + alpha*v",
-                 paper="Gorgun, Gurbuz, Alatan, BMVC 2023")
-def letkd(*, channels: int, num_classes: int, templates: int | None = None, templates_per_class: int | None = None,
-          alpha: float = 1.0, scale_scores: float = 3.0, scale_value: float = 1.0, learn_scale: bool = True,
-          **extra: Any) -> nn.Module:
+@LAYERS.register(
+    "letkd",
+    description="letKD layer: cosine templates -> BN-ReLU -> cosine value, x + alpha*v",
+    paper="Gorgun, Gurbuz, Alatan, BMVC 2023",
+)
+def letkd(
+    *,
+    channels: int,
+    num_classes: int,
+    templates: int | None = None,
+    templates_per_class: int | None = None,
+    alpha: float = 1.0,
+    scale_scores: float = 3.0,
+    scale_value: float = 1.0,
+    learn_scale: bool = True,
+    **extra: Any,
+) -> nn.Module:
     """``templates``: K (4096 for the penultimate layer in the paper); or ``templates_per_class``: K = that times
     the number of classes (8 for the intermediate layer of letKD-2: K = 800 on CIFAR-100). ``alpha``: the forward
     scale of the value (1 everywhere in the paper except RN50 -> MobileNetV2). ``scale_scores`` / ``scale_value``:
     the initial s1 / s2 (3.0 / 1.0), learnable unless ``learn_scale`` is false."""
     if extra:
-        raise KDLabError(f"letkd layer: unknown argument(s) {', '.join(sorted(extra))}; accepted: templates, "
-                         "templates_per_class, alpha, scale_scores, scale_value, learn_scale")
+        raise KDLabError(
+            f"letkd layer: unknown argument(s) {', '.join(sorted(extra))}; accepted: templates, "
+            "templates_per_class, alpha, scale_scores, scale_value, learn_scale"
+        )
     if templates is not None and templates_per_class is not None:
         raise KDLabError("letkd layer: give templates or templates_per_class, not both")
-    k = int(templates_per_class) * int(num_classes) if templates_per_class is not None else (
-        DEFAULT_TEMPLATES if templates is None else int(templates))
+    k = (
+        int(templates_per_class) * int(num_classes)
+        if templates_per_class is not None
+        else (DEFAULT_TEMPLATES if templates is None else int(templates))
+    )
     if k < 1:
         raise KDLabError(f"letkd layer: the number of templates must be positive, got {k}")
-    return LetKDLayer(channels, k, alpha=alpha, scale_scores=scale_scores, scale_value=scale_value,
-                      learn_scale=learn_scale)
+    return LetKDLayer(
+        channels, k, alpha=alpha, scale_scores=scale_scores, scale_value=scale_value, learn_scale=learn_scale
+    )

@@ -88,7 +88,7 @@ def nearest(x: torch.Tensor, c: torch.Tensor, chunk: int = _CHUNK) -> torch.Tens
     """Index of the nearest row of c for each row of x, in row chunks (int64, on x's device)."""
     out = torch.empty(len(x), dtype=torch.long, device=x.device)
     for i in range(0, len(x), chunk):
-        out[i:i + chunk] = sq_dists(x[i:i + chunk], c).argmin(1)
+        out[i : i + chunk] = sq_dists(x[i : i + chunk], c).argmin(1)
     return out
 
 
@@ -103,16 +103,25 @@ def subsample(n: int, limit: int | None, seed: int) -> torch.Tensor | None:
 # ---------------------------------------------------------------------------------------------- k-means
 
 
-def kmeans(x: torch.Tensor, k: int, seed: int, *, iters: int = 20, backend: str = "auto",
-           device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    seed: int,
+    *,
+    iters: int = 20,
+    backend: str = "auto",
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """K-means on the rows of ``x`` (N, D): (centres (k, D) float32 CPU, labels (N,) int64 CPU), deterministic for
     ``seed``. ``backend``: "sklearn", "torch" or "auto" (scikit-learn when N * k <= SKLEARN_MAX_WORK)."""
     n = len(x)
     if k < 1:
         raise KDLabError(f"k-means needs at least one centre, got {k}")
     if n < k:
-        raise KDLabError(f"k-means with {k} centres on only {n} teacher vectors: use fewer templates "
-                         "(letkd layer kwargs) or more training data")
+        raise KDLabError(
+            f"k-means with {k} centres on only {n} teacher vectors: use fewer templates "
+            "(letkd layer kwargs) or more training data"
+        )
     if backend == "auto":
         backend = "sklearn" if n * k <= SKLEARN_MAX_WORK else "torch"
     x = x.detach().float().cpu().contiguous()
@@ -135,8 +144,9 @@ def _kmeans_sklearn(x: torch.Tensor, k: int, seed: int, iters: int) -> tuple[tor
     return centres, nearest(x, centres)
 
 
-def _kmeans_torch(x: torch.Tensor, k: int, seed: int, iters: int,
-                  device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _kmeans_torch(
+    x: torch.Tensor, k: int, seed: int, iters: int, device: torch.device | str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     dev = torch.device(device) if device is not None else torch.device("cpu")
     g = torch.Generator().manual_seed(seed)
     xd = x.to(dev)
@@ -146,7 +156,7 @@ def _kmeans_torch(x: torch.Tensor, k: int, seed: int, iters: int,
         sums = torch.zeros(k, d, dtype=torch.float64, device=dev)
         counts = torch.zeros(k, dtype=torch.long, device=dev)
         for i in range(0, len(xd), _CHUNK):
-            rows = xd[i:i + _CHUNK]
+            rows = xd[i : i + _CHUNK]
             lab = sq_dists(rows, centres).argmin(1)
             sums.index_add_(0, lab, rows.double())
             counts += torch.bincount(lab, minlength=k)
@@ -184,9 +194,18 @@ def calibrate_tau(d: torch.Tensor, entropy: float, lo: float = 1e-10, hi: float 
     return math.exp(0.5 * (a + b))
 
 
-def fit_penult(feats: torch.Tensor, k: int, seed: int, *, tau: float = 1.0, entropy: float | None = None,
-               iters: int = 20, backend: str = "auto", fit_samples: int | None = None,
-               device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def fit_penult(
+    feats: torch.Tensor,
+    k: int,
+    seed: int,
+    *,
+    tau: float = 1.0,
+    entropy: float | None = None,
+    iters: int = 20,
+    backend: str = "auto",
+    fit_samples: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
     """K-means templates on teacher location vectors ``feats`` (N, D). Returns {"centres" (k, D), "tau" (), and
     "entropy" (): the mean target entropy over (up to 20 000 of) the fitting vectors at that tau}. ``entropy``
     (nats) replaces the fixed ``tau`` by one calibrated to give that mean target entropy."""
@@ -198,8 +217,7 @@ def fit_penult(feats: torch.Tensor, k: int, seed: int, *, tau: float = 1.0, entr
     d = sq_dists(probe, centres)
     if entropy is not None:
         tau = calibrate_tau(d, entropy)
-    return {"centres": centres, "tau": torch.tensor(float(tau)),
-            "entropy": torch.tensor(target_entropy(d, tau))}
+    return {"centres": centres, "tau": torch.tensor(float(tau)), "entropy": torch.tensor(target_entropy(d, tau))}
 
 
 # ---------------------------------------------------------------------------------------------- intermediate
@@ -225,14 +243,26 @@ def fit_lda(x: torch.Tensor, y: torch.Tensor, n_components: int) -> tuple[torch.
     lda.fit(xs.numpy(), y.numpy())
     w = torch.from_numpy(np.ascontiguousarray(lda.scalings_[:, :n_components])).float()
     if w.shape[1] < n_components:
-        raise KDLabError(f"LDA gave only {w.shape[1]} discriminant directions (asked {n_components}): the teacher "
-                         "features are rank-deficient; lower lda_components")
+        raise KDLabError(
+            f"LDA gave only {w.shape[1]} discriminant directions (asked {n_components}): the teacher "
+            "features are rank-deficient; lower lda_components"
+        )
     return torch.from_numpy(lda.xbar_).float(), w
 
 
-def fit_subclass(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, per_class: int, seed: int, *,
-                 n_components: int, iters: int = 20, backend: str = "auto", fit_samples: int | None = None,
-                 device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def fit_subclass(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    per_class: int,
+    seed: int,
+    *,
+    n_components: int,
+    iters: int = 20,
+    backend: str = "auto",
+    fit_samples: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
     """LDA + per-class K-means sub-classes + prototypes + the sub-class confusion matrix s_T, on teacher location
     vectors ``feats`` (N, D) labelled ``labels`` (N,) with their image's class. Returns {"lda_mean" (D,),
     "lda_w" (D, n), "centres" (C*P, n) (class-major: sub-class c*P + k), "prototypes" (C*P, n), "s_T" (C*P, C*P),
@@ -251,15 +281,21 @@ def fit_subclass(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, pe
     for c in range(num_classes):
         rows = (y == c).nonzero().flatten()
         cc, lab = kmeans(z[rows], per_class, seed * 1000 + c, iters=iters, backend=backend, device=device)
-        centres[c * per_class:(c + 1) * per_class] = cc
+        centres[c * per_class : (c + 1) * per_class] = cc
         member[rows] = c * per_class + lab
     num = num_classes * per_class
     counts = torch.bincount(member, minlength=num)
     sums = torch.zeros(num, z.shape[1], dtype=torch.float64).index_add_(0, member, z.double())
     prototypes = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres.double()).float()
     near = nearest(z, prototypes)
-    return {"lda_mean": mean, "lda_w": w, "centres": centres, "prototypes": prototypes,
-            "s_T": confusion(member, near, num), "counts": counts}
+    return {
+        "lda_mean": mean,
+        "lda_w": w,
+        "centres": centres,
+        "prototypes": prototypes,
+        "s_T": confusion(member, near, num),
+        "counts": counts,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- cache

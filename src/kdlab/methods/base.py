@@ -65,10 +65,10 @@ class StepContext:
     idx: torch.Tensor  # each sample's index in the training split
     s_logits: torch.Tensor  # the student's logits on x
     s_feats: dict[str, torch.Tensor]  # the student's features at the objective's taps
-    teacher_outputs: list["TeacherOutput"] = field(default_factory=list)  # one per teacher, on x
+    teacher_outputs: list[TeacherOutput] = field(default_factory=list)  # one per teacher, on x
     peer_logits: list[torch.Tensor] = field(default_factory=list)  # detached logits of the other cohort members
     student: nn.Module | None = None
-    live_teachers: list["Teacher"] = field(default_factory=list)  # frozen modules that run on new inputs (BSS)
+    live_teachers: list[Teacher] = field(default_factory=list)  # frozen modules that run on new inputs (BSS)
     view: str = "clean"  # "clean", or the name of the extra view (mixup, cutmix_pick, backward ...) x came from
     y_is_target: bool = True  # False on teacher-labelled views: y is the source sample's label, not a target
     y_mix: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (y_a, y_b, lam) on label-mixed views

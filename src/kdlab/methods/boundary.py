@@ -51,8 +51,13 @@ def bss_schedule(f: float, start: float = 2.0, zero_at: float = 0.75) -> float:
     return max(start * (1.0 - f / zero_at), 0.0)
 
 
-def select_base_samples(s_logits: torch.Tensor, t_logits: torch.Tensor, y: torch.Tensor, max_samples: int,
-                        require_student_correct: bool = True) -> torch.Tensor:
+def select_base_samples(
+    s_logits: torch.Tensor,
+    t_logits: torch.Tensor,
+    y: torch.Tensor,
+    max_samples: int,
+    require_student_correct: bool = True,
+) -> torch.Tensor:
     """Indices of the base samples: correctly classified by the teacher (and the student, by default); when
     more than ``max_samples``, those with the largest Σ_{k≠y} (p_t(k) − p_s(k))² (softmax at τ = 1)."""
     with torch.no_grad():
@@ -78,8 +83,15 @@ def sample_target_classes(t_logits: torch.Tensor) -> torch.Tensor:
         return torch.multinomial(w, 1).squeeze(1)
 
 
-def bss_attack(teacher, x: torch.Tensor, target: torch.Tensor, *, steps: int = 10, step_size: float = 0.3,
-               clamp: tuple[float, float] | None = (-2.5, 2.5)) -> torch.Tensor:
+def bss_attack(
+    teacher,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    steps: int = 10,
+    step_size: float = 0.3,
+    clamp: tuple[float, float] | None = (-2.5, 2.5),
+) -> torch.Tensor:
     """Targeted iterative attack on the teacher (Heo et al. 2019, ``attack_BSS.py``).
 
     Each step moves every still-unflipped sample along the L2-normalised input gradient of
@@ -115,39 +127,50 @@ def bss_attack(teacher, x: torch.Tensor, target: torch.Tensor, *, steps: int = 1
 
 class BSSParams(TermParams):
     # λ_BSS is applied inside the term (its schedule), so the recipe weight stays 1.
-    weight: float = Field(1.0, description=(
-        "multiplier of this term's loss in the objective (λ_BSS is scheduled inside the term)"))
+    weight: float = Field(
+        1.0, description=("multiplier of this term's loss in the objective (λ_BSS is scheduled inside the term)")
+    )
     # temperature = 3 [train_BSS_distillation.py]
     tau: float = Field(3.0, gt=0, description="temperature of the soft cross-entropy on the adversarial samples")
     # attack_size = 64 [train_BSS_distillation.py]; caps the attack cost
-    max_samples: int = Field(64, ge=1, description=(
-        "at most this many samples of a batch are attacked (caps the attack cost)"))
+    max_samples: int = Field(
+        64, ge=1, description=("at most this many samples of a batch are attacked (caps the attack cost)")
+    )
     # num_steps = 10 [train_BSS_distillation.py]
     steps: int = Field(10, ge=1, description="attack steps towards the other class's boundary")
     # step_alpha = 0.3 [train_BSS_distillation.py, norm=2 attack]
     step_size: float = Field(0.3, gt=0, description="L2 step size of the attack")
     # torch.clamp(-2.5, 2.5) [attack_BSS.py]: the range of CIFAR-10 inputs after mean/std normalisation.
     # kdlab inputs are normalised the same way; set null for no clamp or a range that fits your data.
-    clamp: tuple[float, float] | None = Field((-2.5, 2.5), description=(
-        "input range the attack is clamped to (normalised units); null: no clamp"))
+    clamp: tuple[float, float] | None = Field(
+        (-2.5, 2.5), description=("input range the attack is clamped to (normalised units); null: no clamp")
+    )
     # λ_BSS(e) = max(start·(1 − e/(zero_at·E)), 0): attack_ratio = max(2(1 − 4/3·e/E), 0) [train_BSS_distillation.py]
     start: float = Field(2.0, ge=0, description="λ_BSS at the first epoch")
     zero_at: float = Field(0.75, gt=0, description="fraction of training at which λ_BSS reaches 0 (linear decay)")
     # The paper selects samples classified correctly by teacher AND student (this default, as in our spec);
     # the official code checks the teacher only (set false for that).
-    require_student_correct: bool = Field(True, description=(
-        "attack only samples both teacher and student classify correctly (the paper); false: the teacher only (the "
-        "official code)"))
+    require_student_correct: bool = Field(
+        True,
+        description=(
+            "attack only samples both teacher and student classify correctly (the paper); false: the teacher only (the "
+            "official code)"
+        ),
+    )
 
     @model_validator(mode="after")
-    def _clamp_order(self) -> "BSSParams":
+    def _clamp_order(self) -> BSSParams:
         if self.clamp is not None and not self.clamp[0] < self.clamp[1]:
             raise ValueError(f"clamp must be (low, high) with low < high; got {self.clamp}")
         return self
 
 
-@TERMS.register("bss", description="BSS: KD on adversarial boundary-supporting samples found by attacking the "
-                "teacher, λ_BSS 2→0 by 75% of training", paper="Heo et al., AAAI 2019")
+@TERMS.register(
+    "bss",
+    description="BSS: KD on adversarial boundary-supporting samples found by attacking the "
+    "teacher, λ_BSS 2→0 by 75% of training",
+    paper="Heo et al., AAAI 2019",
+)
 class BSS(Term):
     """λ_BSS(progress) · KD_τ(x_adv); returns a finite 0 when there is no base sample or λ_BSS = 0."""
 
@@ -161,8 +184,10 @@ class BSS(Term):
         if lam <= 0:
             return {"loss": zero}
         if not ctx.live_teachers or ctx.student is None:
-            raise KDLabError("bss needs the teacher model and the student module in the step context "
-                             "(it attacks the teacher and runs the student on the adversarial samples)")
+            raise KDLabError(
+                "bss needs the teacher model and the student module in the step context "
+                "(it attacks the teacher and runs the student on the adversarial samples)"
+            )
         idx = select_base_samples(ctx.s_logits, ctx.t_logits, ctx.y, p.max_samples, p.require_student_correct)
         if idx.numel() == 0:
             return {"loss": zero}
@@ -181,8 +206,9 @@ class BSS(Term):
 
 class BSSKDParams(TermParams):
     # λ_KD is applied inside the term (its schedule), so the recipe weight stays 1.
-    weight: float = Field(1.0, description=(
-        "multiplier of this term's loss in the objective (λ_KD is scheduled inside the term)"))
+    weight: float = Field(
+        1.0, description=("multiplier of this term's loss in the objective (λ_KD is scheduled inside the term)")
+    )
     # temperature = 3 [train_BSS_distillation.py]
     tau: float = Field(3.0, gt=0, description="temperature of the soft cross-entropy (no tau^2)")
     # λ_KD(e) = base + max(extra·(1 − e/E), 0): ratio = max(3(1 − e/E), 0) + 1 [train_BSS_distillation.py]
@@ -190,8 +216,11 @@ class BSSKDParams(TermParams):
     extra: float = Field(3.0, description="λ_KD's extra weight at the start, decaying linearly to 0")
 
 
-@TERMS.register("bss_kd", description="KD as in BSS: soft cross-entropy at tau=3 (no tau^2), weight 4→1 over "
-                "training", paper="Heo et al., AAAI 2019")
+@TERMS.register(
+    "bss_kd",
+    description="KD as in BSS: soft cross-entropy at tau=3 (no tau^2), weight 4→1 over training",
+    paper="Heo et al., AAAI 2019",
+)
 class BSSKD(Term):
     """λ_KD(progress) · (−Σ p_t^τ log p_s^τ) on the clean batch."""
 

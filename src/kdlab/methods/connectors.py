@@ -56,8 +56,13 @@ def conv_regressor(s_shape: tuple[int, ...], t_shape: tuple[int, ...], relu: boo
     return nn.Sequential(*layers)
 
 
-def make_connector(s_shape: torch.Size | tuple[int, ...], t_shape: torch.Size | tuple[int, ...], *,
-                   kind: str = "conv1x1", bn: bool = True) -> nn.Module:
+def make_connector(
+    s_shape: torch.Size | tuple[int, ...],
+    t_shape: torch.Size | tuple[int, ...],
+    *,
+    kind: str = "conv1x1",
+    bn: bool = True,
+) -> nn.Module:
     """An adapter mapping per-sample student shape ``s_shape`` to teacher shape ``t_shape``.
 
     * vectors (C,) -> (C',): ``Linear`` (identity when equal);
@@ -68,8 +73,10 @@ def make_connector(s_shape: torch.Size | tuple[int, ...], t_shape: torch.Size | 
     """
     s_shape, t_shape = tuple(s_shape), tuple(t_shape)
     if len(s_shape) != len(t_shape):
-        raise ValueError(f"cannot connect student features {s_shape} to teacher features {t_shape}: "
-                         "different ranks (tap a pooled/flattened layer on both sides)")
+        raise ValueError(
+            f"cannot connect student features {s_shape} to teacher features {t_shape}: "
+            "different ranks (tap a pooled/flattened layer on both sides)"
+        )
     if len(s_shape) == 1:
         return nn.Identity() if s_shape == t_shape and kind == "identity" else nn.Linear(s_shape[0], t_shape[0])
     if kind == "convreg":

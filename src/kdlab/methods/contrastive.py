@@ -52,8 +52,9 @@ class CRDParams(TermParams):
     # "class": negatives from other classes than the anchor's, RepDistiller's default `--mode exact`
     # (CIFAR100InstanceSample draws them from cls_negative). Labels are learnt from the batches seen, so in the
     # first epoch a negative of a not-yet-seen sample may share the anchor's class. "instance": any other sample.
-    negatives: Literal["class", "instance"] = Field("class", description=(
-        "class: negatives from other classes than the anchor's; instance: any other sample"))
+    negatives: Literal["class", "instance"] = Field(
+        "class", description=("class: negatives from other classes than the anchor's; instance: any other sample")
+    )
     # guard on the two banks' size (kdlab's own, not from a paper)
     memory_limit_mb: float = Field(2048.0, gt=0, description="refuse memory banks larger than this (MB)")
     # RepDistiller embeds feat[-1], the pooled penultimate feature
@@ -67,8 +68,11 @@ def _bank(n: int, dim: int) -> torch.Tensor:
     return torch.rand(n, dim).mul_(2 * s).add_(-s)
 
 
-@TERMS.register("crd", description="contrastive representation distillation: NCE against memory banks of embeddings",
-                paper="Tian et al., ICLR 2020")
+@TERMS.register(
+    "crd",
+    description="contrastive representation distillation: NCE against memory banks of embeddings",
+    paper="Tian et al., ICLR 2020",
+)
 class CRD(Term):
     Params = CRDParams
 
@@ -90,7 +94,8 @@ class CRD(Term):
                 f"crd: the memory banks need {need:.0f} MB (2 banks x {n} training samples x feat_dim {dim} "
                 f"float32, plus labels), over memory_limit_mb={self.p.memory_limit_mb:g}. Lower `feat_dim` "
                 f"(e.g. {max(1, dim // 2)}), train on a subset (`data.train_subset`), or raise "
-                f"`memory_limit_mb` if the device has room.")
+                f"`memory_limit_mb` if the device has room."
+            )
         self.num_train = n
         self.k = min(self.p.nce_k, n - 1)  # bounded: never more negatives than other samples
         s_dim = math.prod(s_shapes[self.p.student_layer])
@@ -121,8 +126,9 @@ class CRD(Term):
             neg[bad] = torch.randint(0, n, (count,), device=dev)
         return torch.cat([idx.unsqueeze(1), neg], dim=1)
 
-    def scores(self, v: torch.Tensor, memory: torch.Tensor, sel: torch.Tensor, *, gather: bool | None = None
-               ) -> torch.Tensor:
+    def scores(
+        self, v: torch.Tensor, memory: torch.Tensor, sel: torch.Tensor, *, gather: bool | None = None
+    ) -> torch.Tensor:
         """<memory[sel[b, j]], v[b]> as (B, K+1). Either gathers the (B, K+1, D) rows (RepDistiller) or scores
         against a copy of the whole bank and picks, whichever needs less memory (``gather`` forces one).
         The bank is copied either way so that the in-place update below never touches a tensor autograd saved."""

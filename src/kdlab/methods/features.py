@@ -63,8 +63,10 @@ def _pointwise(cin: int, cout: int, rank: int, bias: bool = False) -> nn.Module:
 
 def _need_map(shape: torch.Size | tuple[int, ...], term: str, tap: str) -> None:
     if len(shape) not in (2, 3):
-        raise KDLabError(f"{term}: tap {tap!r} has per-sample shape {tuple(shape)}; this method needs a feature map "
-                         "(C, H, W) or (C, L) - tap a stage output, not the pooled penultimate vector")
+        raise KDLabError(
+            f"{term}: tap {tap!r} has per-sample shape {tuple(shape)}; this method needs a feature map "
+            "(C, H, W) or (C, L) - tap a stage output, not the pooled penultimate vector"
+        )
 
 
 def _keyed(taps: list[str]) -> list[str]:
@@ -75,16 +77,22 @@ def _keyed(taps: list[str]) -> list[str]:
 class _LayersParams(TermParams):
     """Shared by multi-layer terms: ``layers`` on the student, ``teacher_layers`` (default: the same)."""
 
-    layers: list[str] = Field(default_factory=lambda: list(STAGES3), min_length=1, description=(
-        "student taps (module paths or @aliases), one loss per tap"))
-    teacher_layers: list[str] | None = Field(None, description=(
-        "teacher taps paired one to one with `layers`; null: the same names"))
+    layers: list[str] = Field(
+        default_factory=lambda: list(STAGES3),
+        min_length=1,
+        description=("student taps (module paths or @aliases), one loss per tap"),
+    )
+    teacher_layers: list[str] | None = Field(
+        None, description=("teacher taps paired one to one with `layers`; null: the same names")
+    )
 
     @model_validator(mode="after")
-    def _same_length(self) -> "_LayersParams":
+    def _same_length(self) -> _LayersParams:
         if self.teacher_layers is not None and len(self.teacher_layers) != len(self.layers):
-            raise ValueError(f"teacher_layers has {len(self.teacher_layers)} entries but layers has "
-                             f"{len(self.layers)}: they are paired one to one")
+            raise ValueError(
+                f"teacher_layers has {len(self.teacher_layers)} entries but layers has "
+                f"{len(self.layers)}: they are paired one to one"
+            )
         return self
 
 
@@ -120,13 +128,20 @@ class FitNetParams(TermParams):
     # convreg: RepDistiller's ConvReg (models/util.py) - 1x1 conv at equal resolution, stride-2 3x3 conv for 2x
     # downsampling, 4x4 stride-2 transposed conv for 2x upsampling, else a conv of kernel n_s - n_t + 1 (Romero
     # et al. 2015, Sec. 2.2) - then BN + ReLU. conv1x1 (+ BN) and conv3x3 (+ BN + ReLU) resize first.
-    connector: Literal["convreg", "conv1x1", "conv3x3", "identity"] = Field("convreg", description=(
-        "regressor from the student map to the teacher's: convreg (RepDistiller's ConvReg), conv1x1, conv3x3 or "
-        "identity"))
+    connector: Literal["convreg", "conv1x1", "conv3x3", "identity"] = Field(
+        "convreg",
+        description=(
+            "regressor from the student map to the teacher's: convreg (RepDistiller's ConvReg), conv1x1, conv3x3 or "
+            "identity"
+        ),
+    )
 
 
-@TERMS.register("fitnet", description="FitNet hints: MSE between a regressor of a student layer and a teacher layer",
-                paper="Romero et al., ICLR 2015")
+@TERMS.register(
+    "fitnet",
+    description="FitNet hints: MSE between a regressor of a student layer and a teacher layer",
+    paper="Romero et al., ICLR 2015",
+)
 class FitNet(Term):
     Params = FitNetParams
 
@@ -134,8 +149,9 @@ class FitNet(Term):
         return Taps(student=(self.p.student_layer,), teacher=(self.p.teacher_layer,))
 
     def setup(self, s_shapes: dict[str, torch.Size], t_shapes: dict[str, torch.Size], info: SetupInfo) -> None:
-        self.connector = make_connector(s_shapes[self.p.student_layer], t_shapes[self.p.teacher_layer],
-                                        kind=self.p.connector)
+        self.connector = make_connector(
+            s_shapes[self.p.student_layer], t_shapes[self.p.teacher_layer], kind=self.p.connector
+        )
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         s = self.connector(ctx.s_feats[self.p.student_layer].float()).float()
@@ -161,8 +177,11 @@ class ATParams(_LayersParams):
     # layers: the three stage ends (paper: the ends of the three WRN groups; RepDistiller: feat[1:-1])
 
 
-@TERMS.register("at", description="attention transfer: MSE between L2-normalised spatial attention maps",
-                paper="Zagoruyko & Komodakis, ICLR 2017")
+@TERMS.register(
+    "at",
+    description="attention transfer: MSE between L2-normalised spatial attention maps",
+    paper="Zagoruyko & Komodakis, ICLR 2017",
+)
 class AttentionTransfer(_LayersTerm):
     Params = ATParams
 
@@ -199,8 +218,11 @@ class NSTParams(_LayersParams):
     c: float = Field(0.0, description="constant c of the polynomial kernel")
 
 
-@TERMS.register("nst", description="neuron selectivity transfer: polynomial-kernel MMD between channel activations",
-                paper="Huang & Wang, arXiv 2017")
+@TERMS.register(
+    "nst",
+    description="neuron selectivity transfer: polynomial-kernel MMD between channel activations",
+    paper="Huang & Wang, arXiv 2017",
+)
 class NeuronSelectivityTransfer(_LayersTerm):
     Params = NSTParams
 
@@ -236,8 +258,13 @@ class VIDParams(_LayersParams):
 class _VIDHead(nn.Module):
     def __init__(self, cin: int, cout: int, hidden: int, rank: int, init_var: float, eps: float):
         super().__init__()
-        self.regressor = nn.Sequential(_pointwise(cin, hidden, rank), nn.ReLU(), _pointwise(hidden, hidden, rank),
-                                       nn.ReLU(), _pointwise(hidden, cout, rank))
+        self.regressor = nn.Sequential(
+            _pointwise(cin, hidden, rank),
+            nn.ReLU(),
+            _pointwise(hidden, hidden, rank),
+            nn.ReLU(),
+            _pointwise(hidden, cout, rank),
+        )
         # softplus(raw) + eps == init_var at the start
         self.raw_var = nn.Parameter(torch.full((cout,), math.log(math.expm1(init_var - eps))))
         self.eps = eps
@@ -248,8 +275,11 @@ class _VIDHead(nn.Module):
         return (0.5 * ((mean - t).pow(2) / var + var.log())).mean()
 
 
-@TERMS.register("vid", description="variational information distillation: Gaussian NLL of teacher maps given student",
-                paper="Ahn et al., CVPR 2019")
+@TERMS.register(
+    "vid",
+    description="variational information distillation: Gaussian NLL of teacher maps given student",
+    paper="Ahn et al., CVPR 2019",
+)
 class VID(_LayersTerm):
     Params = VIDParams
 
@@ -289,17 +319,27 @@ class FSPParams(_LayersParams):
     # The stem output and every stage end: 3 matrices on the 3-stage CIFAR nets, as the paper (one per ResNet
     # section, from its input to its output) and RepDistiller (feat[:-1] = stem + stages). VGG/MobileNetV2 have
     # a 4th stage: add "@stage4" to match RepDistiller there.
-    layers: list[str] = Field(default_factory=lambda: ["@stem", *STAGES3], min_length=2, description=(
-        "taps whose consecutive pairs give the FSP matrices (stem and stage ends)"))
+    layers: list[str] = Field(
+        default_factory=lambda: ["@stem", *STAGES3],
+        min_length=2,
+        description=("taps whose consecutive pairs give the FSP matrices (stem and stage ends)"),
+    )
     # The paper and RepDistiller need equal channel counts (RepDistiller raises). Our extension: where the
     # student's channels differ, a 1x1 conv + BN connector on the student side maps them to the teacher's
     # (trained with the FSP loss); "none" keeps the strict behaviour and raises.
-    connector: Literal["conv1x1", "none"] = Field("conv1x1", description=(
-        "conv1x1: a 1x1 conv + BN maps differing student channels to the teacher's; none: equal channels required"))
+    connector: Literal["conv1x1", "none"] = Field(
+        "conv1x1",
+        description=(
+            "conv1x1: a 1x1 conv + BN maps differing student channels to the teacher's; none: equal channels required"
+        ),
+    )
 
 
-@TERMS.register("fsp", description="flow of solution procedure: L2 between Gram matrices of consecutive stage maps",
-                paper="Yim et al., CVPR 2017")
+@TERMS.register(
+    "fsp",
+    description="flow of solution procedure: L2 between Gram matrices of consecutive stage maps",
+    paper="Yim et al., CVPR 2017",
+)
 class FSP(_LayersTerm):
     Params = FSPParams
 
@@ -312,8 +352,10 @@ class FSP(_LayersTerm):
             if ss[0] == ts[0]:
                 conns[key] = nn.Identity()
             elif self.p.connector == "none":
-                raise KDLabError(f"fsp: student tap {s!r} has {ss[0]} channels, teacher tap {t!r} has {ts[0]}; FSP "
-                                 "needs equal channels (set connector: conv1x1 to learn a student-side adapter)")
+                raise KDLabError(
+                    f"fsp: student tap {s!r} has {ss[0]} channels, teacher tap {t!r} has {ts[0]}; FSP "
+                    "needs equal channels (set connector: conv1x1 to learn a student-side adapter)"
+                )
             else:
                 # channels only: the FSP matrix is C x C', so the spatial size need not match the teacher's
                 conns[key] = make_connector(ss, (ts[0], *ss[1:]), kind="conv1x1")
@@ -347,19 +389,27 @@ class ABParams(_LayersParams):
     # Heo et al. AAAI 2019: pre-ReLU maps at the stage ends, margin mu = 1, connector 1x1 conv + BN, layer i of
     # n weighted 2^(i-n+1) (the deepest gets 1), loss summed over elements and divided by the batch size.
     # RepDistiller (AB.py, citing the authors' code bhheo/AB_distillation) further scales by 3/1000: our weight.
-    weight: float = Field(0.003, description=(
-        "multiplier of this term's loss in the objective (RepDistiller's 3/1000 scaling)"))
-    layers: list[str] = Field(default_factory=lambda: list(PRE_STAGES3), min_length=1, description=(
-        "student pre-ReLU taps whose activation boundaries are transferred"))
+    weight: float = Field(
+        0.003, description=("multiplier of this term's loss in the objective (RepDistiller's 3/1000 scaling)")
+    )
+    layers: list[str] = Field(
+        default_factory=lambda: list(PRE_STAGES3),
+        min_length=1,
+        description=("student pre-ReLU taps whose activation boundaries are transferred"),
+    )
     margin: float = Field(1.0, ge=0, description="margin mu of the hinge on the teacher's pre-ReLU sign")
     # auto: identity where the student map already has the teacher's shape, else 1x1 conv + BN (the paper's
     # connector), as RepDistiller's Connector (models/util.py) skips it on equal shapes; conv1x1: always.
-    connector: Literal["auto", "conv1x1", "identity"] = Field("auto", description=(
-        "auto: identity where shapes match, else 1x1 conv + BN; conv1x1: always; identity: never"))
+    connector: Literal["auto", "conv1x1", "identity"] = Field(
+        "auto", description=("auto: identity where shapes match, else 1x1 conv + BN; conv1x1: always; identity: never")
+    )
 
 
-@TERMS.register("ab", description="activation boundaries: hinge-squared loss on pre-ReLU signs (init stage)",
-                paper="Heo et al., AAAI 2019")
+@TERMS.register(
+    "ab",
+    description="activation boundaries: hinge-squared loss on pre-ReLU signs (init stage)",
+    paper="Heo et al., AAAI 2019",
+)
 class ActivationBoundaries(_LayersTerm):
     Params = ABParams
 
@@ -431,16 +481,21 @@ class FTParams(TermParams):
     # between normalised factors, the paraphraser frozen. Keep the same label in both stages so the
     # paraphraser carries over.
     weight: float = Field(200.0, description="multiplier of this term's loss in the objective (1 in pretrain mode)")
-    mode: Literal["pretrain", "transfer"] = Field("transfer", description=(
-        "pretrain: train the paraphraser alone by reconstruction; transfer: the student's translator matches the "
-        "frozen paraphraser's factors"))
+    mode: Literal["pretrain", "transfer"] = Field(
+        "transfer",
+        description=(
+            "pretrain: train the paraphraser alone by reconstruction; transfer: the student's translator matches the "
+            "frozen paraphraser's factors"
+        ),
+    )
     # paper / RepDistiller: the last feature map before pooling (feat[-2])
     student_layer: str = Field("@last", description="student map translated (module path or @alias)")
     teacher_layer: str = Field("@last", description="teacher map paraphrased (module path or @alias)")
     # paraphrase rate k = 0.5 (paper's CIFAR setting; RepDistiller default)
     rate: float = Field(0.5, gt=0, description="paraphrase rate k: factor channels = k x teacher channels")
-    factor: Literal["channel_mean", "flat"] = Field("channel_mean", description=(
-        "channel_mean: factors averaged over channels; flat: whole maps"))
+    factor: Literal["channel_mean", "flat"] = Field(
+        "channel_mean", description=("channel_mean: factors averaged over channels; flat: whole maps")
+    )
     # RepDistiller: no BN in the paraphraser, BN in the translator
     paraphraser_bn: bool = Field(False, description="BatchNorm in the paraphraser")
     translator_bn: bool = Field(True, description="BatchNorm in the translator")
@@ -453,8 +508,11 @@ class FTParams(TermParams):
         return data
 
 
-@TERMS.register("ft", description="factor transfer: paraphraser (pretrain mode) + translator, L1 between factors",
-                paper="Kim et al., NeurIPS 2018")
+@TERMS.register(
+    "ft",
+    description="factor transfer: paraphraser (pretrain mode) + translator, L1 between factors",
+    paper="Kim et al., NeurIPS 2018",
+)
 class FactorTransfer(Term):
     Params = FTParams
 
@@ -479,7 +537,7 @@ class FactorTransfer(Term):
             self.translator = _encoder(ss[0], k, len(ss), self.p.translator_bn)
             self.paraphraser.requires_grad_(False)  # trained in the pretrain stage, then fixed (paper Sec. 3)
 
-    def train(self, mode: bool = True) -> "FactorTransfer":
+    def train(self, mode: bool = True) -> FactorTransfer:
         super().train(mode)
         if self.p.mode == "transfer" and hasattr(self, "paraphraser"):
             self.paraphraser.eval()  # frozen: keep any BN statistics fixed
@@ -495,8 +553,11 @@ class FactorTransfer(Term):
         if not self._checked:
             self._checked = True
             if int(self.pretrain_steps) == 0:
-                warnings.warn("ft (transfer): the paraphraser was never pre-trained; run a stage with "
-                              "`ft: {mode: pretrain}` (same label) first, see recipes/methods/ft.yaml")
+                warnings.warn(
+                    "ft (transfer): the paraphraser was never pre-trained; run a stage with "
+                    "`ft: {mode: pretrain}` (same label) first, see recipes/methods/ft.yaml",
+                    stacklevel=2,
+                )
         with torch.no_grad():
             f_t, _ = self.paraphraser(t)
         f_s = self.translator(ctx.s_feats[self.p.student_layer].float()).float()

@@ -53,12 +53,14 @@ class _LetKDParams(TermParams):
     # lambda (quest_loss_coef / sub_loss_coef = 1.0 in every config)
     weight: float = Field(1.0, description="lambda, the multiplier of the letKD loss")
     # see kdlab.layers.templates
-    kmeans: Literal["auto", "sklearn", "torch"] = Field("auto", description=(
-        "k-means backend for the templates: auto, sklearn or torch"))
+    kmeans: Literal["auto", "sklearn", "torch"] = Field(
+        "auto", description=("k-means backend for the templates: auto, sklearn or torch")
+    )
     # faiss' default niter, as in the authors' clustering code
     kmeans_iters: int = Field(20, ge=1, description="k-means iterations")
-    fit_samples: int | None = Field(None, ge=1, description=(
-        "fit on a seeded random subset of this many locations; null: all"))
+    fit_samples: int | None = Field(
+        None, ge=1, description=("fit on a seeded random subset of this many locations; null: all")
+    )
     cache: str | None = Field(None, description="label of run_dir/templates-<cache>.safetensors; null: the term's name")
 
 
@@ -77,8 +79,10 @@ class _LetKDTerm(Term):
         if t is None:
             raise KDLabError(f"{self.kind}: needs a teacher")
         if len(s) != 3:
-            raise KDLabError(f"{self.kind}: {self.scores_tap} has shape {tuple(s)}; is a letkd layer inserted at "
-                             f"{self.p.student_layer!r}?")
+            raise KDLabError(
+                f"{self.kind}: {self.scores_tap} has shape {tuple(s)}; is a letkd layer inserted at "
+                f"{self.p.student_layer!r}?"
+            )
         self.k, self.size = int(s[0]), (int(s[1]), int(s[2]))
         self.t_channels, self.t_shape = int(t[0]), [int(v) for v in t]
         self.num_classes = info.num_classes
@@ -89,10 +93,21 @@ class _LetKDTerm(Term):
 
     def _fingerprint(self, data: FitData) -> dict:
         p = self.p
-        return {"kind": self.kind, "version": _VERSION, "teacher_layer": p.teacher_layer, "K": self.k,
-                "teacher_shape": self.t_shape, "size": list(self.size), "n_train": int(len(data.labels)),
-                "labels_sum": int(data.labels.long().sum()), "seed": int(data.seed), "kmeans": p.kmeans,
-                "iters": p.kmeans_iters, "fit_samples": p.fit_samples, **self._extra_fingerprint()}
+        return {
+            "kind": self.kind,
+            "version": _VERSION,
+            "teacher_layer": p.teacher_layer,
+            "K": self.k,
+            "teacher_shape": self.t_shape,
+            "size": list(self.size),
+            "n_train": int(len(data.labels)),
+            "labels_sum": int(data.labels.long().sum()),
+            "seed": int(data.seed),
+            "kmeans": p.kmeans,
+            "iters": p.kmeans_iters,
+            "fit_samples": p.fit_samples,
+            **self._extra_fingerprint(),
+        }
 
     def _extra_fingerprint(self) -> dict:
         return {}
@@ -132,12 +147,17 @@ class LetKDPenultParams(_LetKDParams):
     tau: float = Field(1.0, gt=0, description="softmax(-tau · squared distance) of the targets")
     # Instead of tau: calibrate tau at fit time so that the mean target entropy is this many nats (not in the
     # paper; the sharpness of softmax(-||f - rho||^2) depends on the teacher's feature scale).
-    target_entropy: float | None = Field(None, gt=0, description=(
-        "instead of tau: calibrate tau so that the mean target entropy is this many nats"))
+    target_entropy: float | None = Field(
+        None, gt=0, description=("instead of tau: calibrate tau so that the mean target entropy is this many nats")
+    )
 
 
-@TERMS.register("letkd_penult", description="letKD-1: KL(softmax(-tau||f_t - rho_k||^2) || softmax(letkd scores)) "
-                "over k-means templates of the teacher's last-stage locations", paper="Gorgun et al., BMVC 2023")
+@TERMS.register(
+    "letkd_penult",
+    description="letKD-1: KL(softmax(-tau||f_t - rho_k||^2) || softmax(letkd scores)) "
+    "over k-means templates of the teacher's last-stage locations",
+    paper="Gorgun et al., BMVC 2023",
+)
 class LetKDPenult(_LetKDTerm):
     Params = LetKDPenultParams
     kind = "letkd_penult"
@@ -151,9 +171,17 @@ class LetKDPenult(_LetKDTerm):
         return {"tau": self.p.tau, "target_entropy": self.p.target_entropy}
 
     def _fit(self, locs: torch.Tensor, data: FitData) -> dict[str, torch.Tensor]:
-        return T.fit_penult(locs, self.k, data.seed, tau=self.p.tau, entropy=self.p.target_entropy,
-                            iters=self.p.kmeans_iters, backend=self.p.kmeans, fit_samples=self.p.fit_samples,
-                            device=self._device())
+        return T.fit_penult(
+            locs,
+            self.k,
+            data.seed,
+            tau=self.p.tau,
+            entropy=self.p.target_entropy,
+            iters=self.p.kmeans_iters,
+            backend=self.p.kmeans,
+            fit_samples=self.p.fit_samples,
+            device=self._device(),
+        )
 
     def target(self, f_loc: torch.Tensor) -> torch.Tensor:
         """p_T (L, K) for teacher location vectors (L, C_t)."""
@@ -172,17 +200,23 @@ class LetKDPenult(_LetKDTerm):
 class LetKDInterParams(_LetKDParams):
     # where the intermediate letkd layer is inserted, as a path after all insertions: layer3.0 of a CIFAR ResNet,
     # inside layer3 wrapped by the penultimate layer (recipes/methods/letkd2.yaml)
-    student_layer: str = Field("layer3.inner.0", description=(
-        "path of the inserted intermediate letkd layer (after all insertions)"))
+    student_layer: str = Field(
+        "layer3.inner.0", description=("path of the inserted intermediate letkd layer (after all insertions)")
+    )
     # the teacher's first block of its last stage (CIFAR ResNets)
     teacher_layer: str = Field("layer3.0", description="teacher block whose sub-class decisions supervise it")
     # 60 for CIFAR-100 in the paper; capped at classes - 1 and C_t
-    lda_components: int = Field(60, ge=1, description=(
-        "LDA components of the teacher features (capped at classes - 1 and channels)"))
+    lda_components: int = Field(
+        60, ge=1, description=("LDA components of the teacher features (capped at classes - 1 and channels)")
+    )
 
 
-@TERMS.register("letkd_inter", description="letKD-2: KL(s_T[k*] || softmax(letkd scores)), teacher sub-class "
-                "decisions (LDA + per-class k-means + confusion)", paper="Gorgun et al., BMVC 2023")
+@TERMS.register(
+    "letkd_inter",
+    description="letKD-2: KL(s_T[k*] || softmax(letkd scores)), teacher sub-class "
+    "decisions (LDA + per-class k-means + confusion)",
+    paper="Gorgun et al., BMVC 2023",
+)
 class LetKDInter(_LetKDTerm):
     Params = LetKDInterParams
     kind = "letkd_inter"
@@ -190,8 +224,10 @@ class LetKDInter(_LetKDTerm):
     def _setup(self, info: SetupInfo) -> None:
         c = info.num_classes
         if self.k % c:
-            raise KDLabError(f"letkd_inter: the layer has {self.k} templates, not a multiple of the {c} classes; "
-                             "insert it with templates_per_class")
+            raise KDLabError(
+                f"letkd_inter: the layer has {self.k} templates, not a multiple of the {c} classes; "
+                "insert it with templates_per_class"
+            )
         self.per_class = self.k // c
         self.n_comp = min(self.p.lda_components, c - 1, self.t_channels)
         if self.n_comp < 1:
@@ -207,9 +243,18 @@ class LetKDInter(_LetKDTerm):
     def _fit(self, locs: torch.Tensor, data: FitData) -> dict[str, torch.Tensor]:
         per_image = self.size[0] * self.size[1]
         y = data.labels.long().cpu().repeat_interleave(per_image)
-        return T.fit_subclass(locs, y, self.num_classes, self.per_class, data.seed, n_components=self.n_comp,
-                              iters=self.p.kmeans_iters, backend=self.p.kmeans, fit_samples=self.p.fit_samples,
-                              device=self._device())
+        return T.fit_subclass(
+            locs,
+            y,
+            self.num_classes,
+            self.per_class,
+            data.seed,
+            n_components=self.n_comp,
+            iters=self.p.kmeans_iters,
+            backend=self.p.kmeans,
+            fit_samples=self.p.fit_samples,
+            device=self._device(),
+        )
 
     def target(self, f_loc: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """p_T (L, K): s_T[k*] for teacher location vectors (L, C_t) of images of class y (one label per image)."""

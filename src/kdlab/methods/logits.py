@@ -54,8 +54,10 @@ def _prepared(s: torch.Tensor, t: torch.Tensor, standardize: bool) -> tuple[torc
 
 def _check_pair(s: torch.Tensor, t: torch.Tensor, name: str) -> None:
     if s.shape != t.shape:
-        raise KDLabError(f"{name}: student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ; "
-                         "logit terms need the same classes in student and teacher")
+        raise KDLabError(
+            f"{name}: student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ; "
+            "logit terms need the same classes in student and teacher"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- CE
@@ -114,8 +116,11 @@ class LSKDParams(KDParams):
     standardize: bool = Field(True, description="z-score the logits before the temperature (the method itself)")
 
 
-@TERMS.register("ls_kd", description="KD on z-scored logits (logit standardization), base tau 2, weight 9",
-                paper="Sun et al., CVPR 2024")
+@TERMS.register(
+    "ls_kd",
+    description="KD on z-scored logits (logit standardization), base tau 2, weight 9",
+    paper="Sun et al., CVPR 2024",
+)
 class LogitStandardizedKD(HintonKD):
     """``kd`` with ``standardize: true`` and the paper's CIFAR defaults; the same as
     ``kd: {standardize: true, tau: 2, weight: 9}``."""
@@ -180,8 +185,9 @@ class DKDParams(TermParams):
     standardize: bool = Field(False, description="z-score the logits first (Sun et al. 2024)")  # Sun et al., CVPR 2024
 
 
-@TERMS.register("dkd", description="decoupled KD: alpha*TCKD + beta*NCKD with a linear warm-up",
-                paper="Zhao et al., CVPR 2022")
+@TERMS.register(
+    "dkd", description="decoupled KD: alpha*TCKD + beta*NCKD with a linear warm-up", paper="Zhao et al., CVPR 2022"
+)
 class DecoupledKD(Term):
     Params = DKDParams
 
@@ -223,8 +229,11 @@ class DISTParams(TermParams):
     standardize: bool = Field(False, description="z-score the logits first (Sun et al. 2024)")  # Sun et al., CVPR 2024
 
 
-@TERMS.register("dist", description="DIST: Pearson-correlation inter-class + intra-class relations of predictions",
-                paper="Huang et al., NeurIPS 2022")
+@TERMS.register(
+    "dist",
+    description="DIST: Pearson-correlation inter-class + intra-class relations of predictions",
+    paper="Huang et al., NeurIPS 2022",
+)
 class DIST(Term):
     """tau^2 * (beta * (1 - mean_i rho(p_s[i], p_t[i])) + gamma * (1 - mean_c rho(p_s[:, c], p_t[:, c]))).
 
@@ -259,14 +268,18 @@ class MLKDParams(TermParams):
     # Jin et al., CVPR 2023 (Jin-Ying/Multi-Level-Logit-Distillation, mdistiller/distillers/KD_ours.py):
     # every level at T in {4, 3, 5, 2, 6}, each scaled by mdistiller's KD.LOSS.KD_WEIGHT = 0.9 (CE 0.1).
     weight: float = Field(0.9, description="multiplier of this term's loss in the objective")
-    temperatures: list[float] = Field(default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0], description=(
-        "temperatures at which every level is computed and summed"))
+    temperatures: list[float] = Field(
+        default_factory=lambda: [2.0, 3.0, 4.0, 5.0, 6.0],
+        description=("temperatures at which every level is computed and summed"),
+    )
     # multipliers of the three levels (1 in the paper; set one to 0 for an ablation)
     w_instance: float = Field(1.0, ge=0, description="multiplier of the instance level (tau^2 KL per sample)")
-    w_batch: float = Field(1.0, ge=0, description=(
-        "multiplier of the batch level (B x B Gram matrix of the predictions)"))
-    w_class: float = Field(1.0, ge=0, description=(
-        "multiplier of the class level (C x C Gram matrix of the predictions)"))
+    w_batch: float = Field(
+        1.0, ge=0, description=("multiplier of the batch level (B x B Gram matrix of the predictions)")
+    )
+    w_class: float = Field(
+        1.0, ge=0, description=("multiplier of the class level (C x C Gram matrix of the predictions)")
+    )
     # Sun et al., CVPR 2024; as in their MLKD code it z-scores the logits of the instance level only.
     standardize: bool = Field(False, description="z-score the logits of the instance level (Sun et al. 2024)")
     # Against the instance level (a batch mean), the per-sample gradient of the batch level grows as B / C (a
@@ -275,9 +288,13 @@ class MLKDParams(TermParams):
     # are 6-30x and 40-1000x stronger and send a small student to chance (issue 15). "cifar100" (ours) multiplies
     # the batch level by r = (64 / B)(C / 100) and the class level by r^2 - exactly 1 in the authors' setting -
     # so the three keep their tuned proportions; "none" is the authors' formula at any B and C.
-    level_scale: Literal["cifar100", "none"] = Field("cifar100", description=(
-        "cifar100: rescale batch/class levels to the authors' B = 64, C = 100 proportions; none: the authors' formula "
-        "at any B and C"))
+    level_scale: Literal["cifar100", "none"] = Field(
+        "cifar100",
+        description=(
+            "cifar100: rescale batch/class levels to the authors' B = 64, C = 100 proportions; "
+            "none: the authors' formula at any B and C"
+        ),
+    )
     # Linear warm-up of the whole term over the first `warmup` epochs (fractional: (epoch + (step + 1) / steps) /
     # warmup), as DKD's authors do (mdistiller DKD.WARMUP = 20); ours, not in the MLKD code (0 = off, theirs):
     # without it the first epochs at full strength sent digits students to chance (issue 15).
@@ -291,8 +308,11 @@ class MLKDParams(TermParams):
         return v
 
 
-@TERMS.register("mlkd", description="multi-level logit KD: instance, batch and class alignment at 5 temperatures",
-                paper="Jin et al., CVPR 2023")
+@TERMS.register(
+    "mlkd",
+    description="multi-level logit KD: instance, batch and class alignment at 5 temperatures",
+    paper="Jin et al., CVPR 2023",
+)
 class MultiLevelKD(Term):
     """Sum over temperatures T of: instance T^2 KL(p_t || p_s) (batchmean); batch ||G_t - G_s||_F^2 / B with
     G = P P^T (B x B); class ||M_t - M_s||_F^2 / C with M = P^T P (C x C), P the softened predictions.
@@ -327,8 +347,11 @@ class MultiLevelKD(Term):
             r = (64.0 / b) * (c / 100.0)
             bat, cls = bat * r, cls * r * r
         w = self.warm(ctx)
-        return {"instance": w * self.p.w_instance * inst, "batch": w * self.p.w_batch * bat,
-                "class": w * self.p.w_class * cls}
+        return {
+            "instance": w * self.p.w_instance * inst,
+            "batch": w * self.p.w_batch * bat,
+            "class": w * self.p.w_class * cls,
+        }
 
     def warm(self, ctx: StepContext) -> float:
         if self.p.warmup <= 0:
@@ -337,9 +360,11 @@ class MultiLevelKD(Term):
 
     def setup(self, s_shapes, t_shapes, info: SetupInfo) -> None:
         if info.num_classes < MLKD_MIN_CLASSES and len(self.p.temperatures) > 1:
-            raise KDLabError(f"mlkd: {info.num_classes} classes: below {MLKD_MIN_CLASSES} classes its sum over "
-                             f"{len(self.p.temperatures)} temperatures (a gradient ~5x kd's) sent students to chance "
-                             "in our checks (issue 15); use kd or dkd, or set mlkd.temperatures to one value, e.g. [4.0]")
+            raise KDLabError(
+                f"mlkd: {info.num_classes} classes: below {MLKD_MIN_CLASSES} classes its sum over "
+                f"{len(self.p.temperatures)} temperatures (a gradient ~5x kd's) sent students to chance "
+                "in our checks (issue 15); use kd or dkd, or set mlkd.temperatures to one value, e.g. [4.0]"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- multi-teacher
@@ -350,11 +375,16 @@ class MTKDParams(TermParams):
     # distributions; tau = 4 and weight 0.9 as the single-teacher `kd`.
     weight: float = Field(0.9, description="multiplier of this term's loss in the objective")
     tau: float = Field(4.0, gt=0, description="temperature")
-    reduce: Literal["mean_probs", "sum_kd"] = Field("mean_probs", description=(
-        "mean_probs: KD to the mean of the teachers' softened outputs; sum_kd: weighted sum of per-teacher KD terms"))
+    reduce: Literal["mean_probs", "sum_kd"] = Field(
+        "mean_probs",
+        description=(
+            "mean_probs: KD to the mean of the teachers' softened outputs; sum_kd: weighted sum of per-teacher KD terms"
+        ),
+    )
     # per-teacher weights (normalised to sum 1 for mean_probs; used as given for sum_kd). None: 1/M each.
-    weights: list[float] | None = Field(None, description=(
-        "per-teacher weights (normalised for mean_probs); null: 1/M each"))
+    weights: list[float] | None = Field(
+        None, description=("per-teacher weights (normalised for mean_probs); null: 1/M each")
+    )
 
     @field_validator("weights")
     @classmethod
@@ -364,8 +394,11 @@ class MTKDParams(TermParams):
         return v
 
 
-@TERMS.register("mtkd", description="multi-teacher KD: KD to the mean of the teachers' softened outputs",
-                paper="You et al., KDD 2017")
+@TERMS.register(
+    "mtkd",
+    description="multi-teacher KD: KD to the mean of the teachers' softened outputs",
+    paper="You et al., KDD 2017",
+)
 class MultiTeacherKD(Term):
     """``reduce: mean_probs``: tau^2 KL(sum_m w_m p_m^tau || p_s^tau) with w summing to 1.
     ``reduce: sum_kd``: sum_m w_m tau^2 KL(p_m^tau || p_s^tau), logged per teacher (``teacher0`` ...)."""
@@ -387,8 +420,10 @@ class MultiTeacherKD(Term):
         w = self._weights(len(ctx.teacher_outputs))
         tau = self.p.tau
         if self.p.reduce == "sum_kd":
-            return {f"teacher{m}": w[m] * kl_div_tau(ctx.s_logits, out.logits, tau)
-                    for m, out in enumerate(ctx.teacher_outputs)}
+            return {
+                f"teacher{m}": w[m] * kl_div_tau(ctx.s_logits, out.logits, tau)
+                for m, out in enumerate(ctx.teacher_outputs)
+            }
         total = sum(w)
         # log of the mixture sum_m w_m p_m, in log space: logsumexp_m(log w_m + log p_m)
         log_each = torch.stack([F.log_softmax(out.logits.float() / tau, -1) for out in ctx.teacher_outputs])

@@ -25,8 +25,11 @@ class DMLParams(TermParams):
     tau: float = Field(1.0, gt=0, description="temperature; > 1 gives tau^2 KL(p_peer^tau || p_self^tau)")
 
 
-@TERMS.register("dml", description="deep mutual learning: KL(p_peer || p_self) averaged over the cohort peers",
-                paper="Zhang et al., CVPR 2018")
+@TERMS.register(
+    "dml",
+    description="deep mutual learning: KL(p_peer || p_self) averaged over the cohort peers",
+    paper="Zhang et al., CVPR 2018",
+)
 class DeepMutualLearning(Term):
     """Mean over peers of tau^2 KL(p_peer^tau || p_self^tau); the peers are constants (no gradient)."""
 
@@ -39,7 +42,8 @@ class DeepMutualLearning(Term):
         losses = []
         for peer in ctx.peer_logits:
             if peer.shape != ctx.s_logits.shape:
-                raise KDLabError(f"dml: peer logits {tuple(peer.shape)} differ from the student's "
-                                 f"{tuple(ctx.s_logits.shape)}")
+                raise KDLabError(
+                    f"dml: peer logits {tuple(peer.shape)} differ from the student's {tuple(ctx.s_logits.shape)}"
+                )
             losses.append(kl_div_tau(ctx.s_logits, peer.detach(), self.p.tau))
         return {"loss": torch.stack(losses).mean()}

@@ -89,8 +89,11 @@ class RKDParams(TermParams):
     teacher_layer: str = Field("@penultimate", description="teacher embedding (module path or @alias)")
 
 
-@TERMS.register("rkd", description="relational KD: distance (x25) + angle (x50) potentials, smooth-L1, on embeddings",
-                paper="Park et al., CVPR 2019")
+@TERMS.register(
+    "rkd",
+    description="relational KD: distance (x25) + angle (x50) potentials, smooth-L1, on embeddings",
+    paper="Park et al., CVPR 2019",
+)
 class RKD(Term):
     """Components ``dist`` = 25 * SmoothL1(psi_D^s, psi_D^t) and ``angle`` = 50 * SmoothL1(psi_A^s, psi_A^t),
     both averaged over all entries (B^2 and B^3, diagonals included, as in RepDistiller). Memory: the angle
@@ -131,21 +134,30 @@ class SPParams(TermParams):
     weight: float = Field(3000.0, description="gamma, the multiplier of the similarity-preserving loss")
     # The last stage map before pooling (RepDistiller feat[-2]). The paper sums the loss over several
     # (student, teacher) layer pairs: list them here; `teacher_layers` (default: the same) pairs one to one.
-    layers: list[str] = Field(default_factory=lambda: ["@last"], min_length=1, description=(
-        "student maps whose batch similarity matrices are matched"))
-    teacher_layers: list[str] | None = Field(None, description=(
-        "teacher maps paired one to one with `layers`; null: the same names"))
+    layers: list[str] = Field(
+        default_factory=lambda: ["@last"],
+        min_length=1,
+        description=("student maps whose batch similarity matrices are matched"),
+    )
+    teacher_layers: list[str] | None = Field(
+        None, description=("teacher maps paired one to one with `layers`; null: the same names")
+    )
 
     @model_validator(mode="after")
-    def _same_length(self) -> "SPParams":
+    def _same_length(self) -> SPParams:
         if self.teacher_layers is not None and len(self.teacher_layers) != len(self.layers):
-            raise ValueError(f"teacher_layers has {len(self.teacher_layers)} entries but layers has "
-                             f"{len(self.layers)}: they are paired one to one")
+            raise ValueError(
+                f"teacher_layers has {len(self.teacher_layers)} entries but layers has "
+                f"{len(self.layers)}: they are paired one to one"
+            )
         return self
 
 
-@TERMS.register("sp", description="similarity-preserving KD: ||G_t - G_s||_F^2 / B^2 on batch similarity matrices",
-                paper="Tung & Mori, ICCV 2019")
+@TERMS.register(
+    "sp",
+    description="similarity-preserving KD: ||G_t - G_s||_F^2 / B^2 on batch similarity matrices",
+    paper="Tung & Mori, ICCV 2019",
+)
 class SimilarityPreserving(Term):
     """Sum over the listed layer pairs of ||G_t - G_s||_F^2 / B^2 (no adapter needed: G is B×B)."""
 
@@ -156,8 +168,9 @@ class SimilarityPreserving(Term):
 
     def taps(self) -> Taps:
         pairs = self._pairs()
-        return Taps(student=tuple(dict.fromkeys(s for s, _ in pairs)),
-                    teacher=tuple(dict.fromkeys(t for _, t in pairs)))
+        return Taps(
+            student=tuple(dict.fromkeys(s for s, _ in pairs)), teacher=tuple(dict.fromkeys(t for _, t in pairs))
+        )
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         total = None
@@ -203,8 +216,9 @@ class CCParams(TermParams):
     weight: float = Field(50.0, description="beta, the multiplier of the correlation-congruence loss")
     # linear embedding size 128: RepDistiller --feat_dim (LinearEmbed)
     feat_dim: int = Field(128, ge=1, description="size of the linear embeddings of both networks")
-    kernel: Literal["gaussian", "bilinear"] = Field("gaussian", description=(
-        "gaussian: Taylor-approximated RBF kernel; bilinear: plain inner products"))
+    kernel: Literal["gaussian", "bilinear"] = Field(
+        "gaussian", description=("gaussian: Taylor-approximated RBF kernel; bilinear: plain inner products")
+    )
     # RBF gamma = 0.4 (Peng et al. 2019, as in our spec; PDF not re-read here)
     gamma: float = Field(0.4, gt=0, description="RBF gamma of the gaussian kernel")
     # Taylor order P = 2 (Peng et al. 2019, as in our spec; PDF not re-read here)
@@ -215,8 +229,11 @@ class CCParams(TermParams):
     teacher_layer: str = Field("@penultimate", description="teacher feature embedded (module path or @alias)")
 
 
-@TERMS.register("cc", description="correlation congruence: ||C_t - C_s||_F^2 / B^2 of Taylor-RBF kernels of embeddings",
-                paper="Peng et al., ICCV 2019")
+@TERMS.register(
+    "cc",
+    description="correlation congruence: ||C_t - C_s||_F^2 / B^2 of Taylor-RBF kernels of embeddings",
+    paper="Peng et al., ICCV 2019",
+)
 class CorrelationCongruence(Term):
     """Student and teacher penultimate features each go through a linear embedding head (built in ``setup``
     from the probed sizes, trained with the student, dropped at export); loss = ||C_t - C_s||_F^2 / B^2.
@@ -274,8 +291,11 @@ class PKTParams(TermParams):
     teacher_layer: str = Field("@penultimate", description="teacher representation (module path or @alias)")
 
 
-@TERMS.register("pkt", description="probabilistic KT: KL between cosine-kernel conditional distributions",
-                paper="Passalis & Tefas, ECCV 2018")
+@TERMS.register(
+    "pkt",
+    description="probabilistic KT: KL between cosine-kernel conditional distributions",
+    paper="Passalis & Tefas, ECCV 2018",
+)
 class PKT(Term):
     """mean_{i,j} P_t[i,j] log((P_t[i,j] + eps) / (P_s[i,j] + eps)) over all B^2 entries (the authors' code;
     the paper writes the sum over j != i of KL(P_t(.|i) || P_s(.|i)), which differs by the diagonal and

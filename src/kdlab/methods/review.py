@@ -70,8 +70,9 @@ class ABF(nn.Module):
         super().__init__()
         self.out_size = tuple(out_size)
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
-                                   nn.BatchNorm2d(out_channels))
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
+        )
         self.att = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
         nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)  # as the official ABF
         nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
@@ -98,23 +99,28 @@ class ReviewKDParams(TermParams):
     warmup_epochs: float = Field(20.0, ge=0, description="linear warm-up min(1, epoch / warmup_epochs) (0: off)")
     # mid_channel = min(512, channels of the student's last level) [reviewkd.py] (64 for resnet20,
     # 256 for resnet8x4); null = that rule.
-    mid_channel: int | None = Field(None, ge=1, description=(
-        "channels of the fusion modules; null: min(512, the student's last level)"))
+    mid_channel: int | None = Field(
+        None, ge=1, description=("channels of the fusion modules; null: min(512, the student's last level)")
+    )
     # levels shallow -> deep: the stage outputs (post-ReLU) and the pooled penultimate feature [reviewkd.py].
     layers: list[str] = Field(
-        default_factory=lambda: ["@stage1", "@stage2", "@stage3", "@penultimate"], min_length=1,
-        description=(
-            "student levels, shallow to deep (stage outputs and the penultimate feature)"))
+        default_factory=lambda: ["@stage1", "@stage2", "@stage3", "@penultimate"],
+        min_length=1,
+        description=("student levels, shallow to deep (stage outputs and the penultimate feature)"),
+    )
     # paired one to one with `layers`; null = the same taps with ``@stageK`` read pre-ReLU as ``@pre_stageK``
     # (the official script takes teacher features with ``preact=True``) [CIFAR-100/train.py].
-    teacher_layers: list[str] | None = Field(None, description=(
-        "teacher levels paired one to one; null: the same taps, stage ends pre-ReLU"))
+    teacher_layers: list[str] | None = Field(
+        None, description=("teacher levels paired one to one; null: the same taps, stage ends pre-ReLU")
+    )
 
     @model_validator(mode="after")
-    def _pairs(self) -> "ReviewKDParams":
+    def _pairs(self) -> ReviewKDParams:
         if self.teacher_layers is not None and len(self.teacher_layers) != len(self.layers):
-            raise ValueError(f"teacher_layers has {len(self.teacher_layers)} entries but layers has "
-                             f"{len(self.layers)}: they are paired one to one")
+            raise ValueError(
+                f"teacher_layers has {len(self.teacher_layers)} entries but layers has "
+                f"{len(self.layers)}: they are paired one to one"
+            )
         return self
 
     @property
@@ -124,8 +130,12 @@ class ReviewKDParams(TermParams):
         return ["@pre_" + t[1:] if t.startswith("@stage") else t for t in self.layers]
 
 
-@TERMS.register("reviewkd", description="ReviewKD: student stages fused deep-to-shallow by attention (ABF), "
-                "matched to teacher stages with a pyramid-pooled MSE (HCL)", paper="Chen et al., CVPR 2021")
+@TERMS.register(
+    "reviewkd",
+    description="ReviewKD: student stages fused deep-to-shallow by attention (ABF), "
+    "matched to teacher stages with a pyramid-pooled MSE (HCL)",
+    paper="Chen et al., CVPR 2021",
+)
 class ReviewKD(Term):
     Params = ReviewKDParams
 
@@ -142,8 +152,9 @@ class ReviewKD(Term):
             s, t = tuple(s_shapes[s_tap]), tuple(t_shapes[t_tap])
             for tap, shape in ((s_tap, s), (t_tap, t)):
                 if len(shape) not in (1, 3):
-                    raise KDLabError(f"reviewkd: tap {tap!r} has per-sample shape {shape}; it needs a (C,) vector "
-                                     "or a (C, H, W) map")
+                    raise KDLabError(
+                        f"reviewkd: tap {tap!r} has per-sample shape {shape}; it needs a (C,) vector or a (C, H, W) map"
+                    )
             ss.append(s + (1, 1) if len(s) == 1 else s)
             ts.append(t + (1, 1) if len(t) == 1 else t)
         mid = self.p.mid_channel or min(512, ss[-1][0])
@@ -170,8 +181,11 @@ class ReviewKD(Term):
         f_s = [as_map(ctx.s_feats[t]) for t in self.p.layers]
         if not torch.is_autocast_enabled(f_s[0].device.type):  # low-precision inputs outside autocast
             f_s = [f.float() for f in f_s]
-        if self.training and len(f_s[0]) == 1 and any(min(f.shape[2:].numel(), math.prod(a.out_size)) == 1
-                                                      for f, a in zip(f_s, self.abfs)):
+        if (
+            self.training
+            and len(f_s[0]) == 1
+            and any(min(f.shape[2:].numel(), math.prod(a.out_size)) == 1 for f, a in zip(f_s, self.abfs))
+        ):
             # BatchNorm cannot train on a single value per channel (batch of 1 at a 1x1 level, e.g. the
             # penultimate feature): such a batch contributes a finite 0 instead of an error.
             return {"loss": sum((f.float() * 0.0).sum() for f in f_s)}

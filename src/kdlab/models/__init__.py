@@ -6,8 +6,15 @@ models in ``kdlab.registry.MODELS``. ``build_model`` also resolves ``timm:NAME``
 penultimate layer == the input of ``fc``).
 """
 
-from kdlab.models import mobilenetv2, resnet, shufflenet, small, vgg, wrn  # noqa: F401  (registration)
-from kdlab.models import hf  # noqa: F401  (text models: hf_classifier, text_transformer, text_cnn, bag_of_embeddings)
+from kdlab.models import (  # noqa: F401  (registration)
+    hf,  # noqa: F401  (text models: hf_classifier, text_transformer, text_cnn, bag_of_embeddings)
+    mobilenetv2,
+    resnet,
+    shufflenet,
+    small,
+    vgg,
+    wrn,
+)
 from kdlab.models.build import build_model
 
 __all__ = ["build_model"]

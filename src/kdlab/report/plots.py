@@ -79,8 +79,7 @@ def plot_curves(
                 std.append(vals.std(ddof=1) if len(vals) > 1 else 0.0)
             x, m, sd = np.array(epochs), np.array(mean), np.array(std)
             color = colors[gi % len(colors)]
-            ax.plot(x, m, color=color, lw=1.6, marker="o" if len(x) == 1 else None,
-                    label=f"{label} (n={len(series)})")
+            ax.plot(x, m, color=color, lw=1.6, marker="o" if len(x) == 1 else None, label=f"{label} (n={len(series)})")
             if len(series) > 1:
                 ax.fill_between(x, m - sd, m + sd, color=color, alpha=0.2, lw=0)
             drawn = True

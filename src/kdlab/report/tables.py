@@ -134,8 +134,17 @@ def runs_csv(records: Sequence[RunRecord], labels: dict[str, str] | None = None)
         fp = fingerprint(r)
         best = r.summary.get("best") if isinstance(r.summary.get("best"), dict) else {}
         values = [r.value(sec, key) for sec, key in STATS.values()]
-        w.writerow([(labels or {}).get(fp, r.name), r.name, "" if r.seed is None else r.seed, fp, str(r.path),
-                    best.get("epoch", ""), *("" if v is None else repr(v) for v in values)])
+        w.writerow(
+            [
+                (labels or {}).get(fp, r.name),
+                r.name,
+                "" if r.seed is None else r.seed,
+                fp,
+                str(r.path),
+                best.get("epoch", ""),
+                *("" if v is None else repr(v) for v in values),
+            ]
+        )
     return buf.getvalue()
 
 

@@ -2,8 +2,8 @@
 
 Modules: ``schema`` (the study file), ``plan`` (grid expansion), ``execute`` (running the phases),
 ``report`` (tables and plots through :mod:`kdlab.report`). ``kdlab study STUDY.yaml`` calls :func:`run_study`;
-``kdlab study STUDY.yaml --report`` calls :func:`study_report`. A study file (YAML or TOML; relative recipe paths are relative to the study file,
-``out`` is relative to the working directory like a recipe's ``out``)::
+``kdlab study STUDY.yaml --report`` calls :func:`study_report`. A study file (YAML or TOML; relative recipe
+paths are relative to the study file, ``out`` is relative to the working directory like a recipe's ``out``)::
 
     name: nine_methods_noise              # default: the file's stem
     out: runs/studies/nine_methods_noise
@@ -74,5 +74,16 @@ from kdlab.study.plan import PlannedRun, cell_label, cell_path, plan_study
 from kdlab.study.report import study_report
 from kdlab.study.schema import CellValue, MethodEntry, Study, TeacherPlan, load_study
 
-__all__ = ["CellValue", "MethodEntry", "PlannedRun", "Study", "TeacherPlan", "cell_label", "cell_path", "load_study",
-           "plan_study", "run_study", "study_report"]
+__all__ = [
+    "CellValue",
+    "MethodEntry",
+    "PlannedRun",
+    "Study",
+    "TeacherPlan",
+    "cell_label",
+    "cell_path",
+    "load_study",
+    "plan_study",
+    "run_study",
+    "study_report",
+]

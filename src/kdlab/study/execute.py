@@ -58,8 +58,15 @@ def _describe(r: PlannedRun) -> str:
     return f"{r.method} [{r.cell_label}] seed {r.seed}"
 
 
-def _run_phase(runs: list[PlannedRun], workers: int | None, log: Callable[[str], None],
-               done: dict[str, dict[str, Any]], failed: dict[str, str], counter: list[int], total: int) -> None:
+def _run_phase(
+    runs: list[PlannedRun],
+    workers: int | None,
+    log: Callable[[str], None],
+    done: dict[str, dict[str, Any]],
+    failed: dict[str, str],
+    counter: list[int],
+    total: int,
+) -> None:
     todo = []
     for r in runs:
         if r.teacher_dir is not None and r.teacher_dir in failed:
@@ -110,8 +117,13 @@ def _cache_phase(students: list[PlannedRun], log: Callable[[str], None], failed:
     """Build every teacher cache the student runs will read (``teacher.cache: auto``), once per teacher and
     grid cell, before the students start: workers then only read it. Returns the seconds spent."""
     t0 = time.time()
-    todo = [r for r in students if isinstance(r.recipe.get("teacher"), dict) and r.recipe["teacher"].get("cache")
-            is not None and r.teacher_dir not in failed]
+    todo = [
+        r
+        for r in students
+        if isinstance(r.recipe.get("teacher"), dict)
+        and r.recipe["teacher"].get("cache") is not None
+        and r.teacher_dir not in failed
+    ]
     for i, err in prebuild_caches([load_recipe(r.recipe) for r in todo], log).items():
         failed[todo[i].run_dir] = f"teacher cache: {err}"
     return time.time() - t0
@@ -143,12 +155,19 @@ def run_study(
     log = log or (lambda s: None if quiet else print(s, flush=True))
     teachers = [r for r in runs if r.kind == "teacher"]
     students = [r for r in runs if r.kind == "student"]
-    result: dict[str, Any] = {"study": study.name, "out": str(out_dir), "runs": [r.meta() for r in runs],
-                              "teachers": len(teachers), "students": len(students)}
+    result: dict[str, Any] = {
+        "study": study.name,
+        "out": str(out_dir),
+        "runs": [r.meta() for r in runs],
+        "teachers": len(teachers),
+        "students": len(students),
+    }
     if dry_run:
         ncells = len({r.cell_label for r in students})
-        log(f"study {study.name}: {len(teachers)} teacher runs + {len(students)} student runs "
-            f"({len(study.methods)} methods x {ncells} cells x {len(study.seeds)} seeds) -> {out_dir}")
+        log(
+            f"study {study.name}: {len(teachers)} teacher runs + {len(students)} student runs "
+            f"({len(study.methods)} methods x {ncells} cells x {len(study.seeds)} seeds) -> {out_dir}"
+        )
         for r in runs:
             state = "finished" if is_finished(r.run_dir) else "to run"
             log(f"  {r.kind:7s} {_describe(r)}: {r.run_dir} ({state})")
@@ -162,13 +181,18 @@ def run_study(
     _run_phase(teachers, workers, log, done, failed, counter, total)
     result["cache_s"] = _cache_phase(students, log, failed)
     _run_phase(students, workers, log, done, failed, counter, total)
-    result.update(trained=sum(r["trained"] for r in done.values()),
-                  reused=sum(not r["trained"] for r in done.values()), failed=dict(failed))
+    result.update(
+        trained=sum(r["trained"] for r in done.values()),
+        reused=sum(not r["trained"] for r in done.values()),
+        failed=dict(failed),
+    )
     if failed:
         lines = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5])
         more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
-        raise KDLabError(f"study {study.name}: {len(failed)} of {total} runs failed: {lines}{more}; "
-                         "fix and run the study again (finished runs are kept)")
+        raise KDLabError(
+            f"study {study.name}: {len(failed)} of {total} runs failed: {lines}{more}; "
+            "fix and run the study again (finished runs are kept)"
+        )
     if report:
         result["report"] = study_report(study, out=out_dir)
         log(f"report: {Path(result['report']['files'][0])}")

@@ -126,8 +126,10 @@ def plan_study(study: Study, *, out: str | Path | None = None, validate: bool = 
                 if uses_teacher:
                     old = d.get("teacher")
                     if isinstance(old, list):
-                        raise KDLabError(f"{where}: studies make one teacher per cell; this recipe lists "
-                                         f"{len(old)} teachers (drop the study's `teacher:` block to keep them)")
+                        raise KDLabError(
+                            f"{where}: studies make one teacher per cell; this recipe lists "
+                            f"{len(old)} teachers (drop the study's `teacher:` block to keep them)"
+                        )
                     keep = {k: v for k, v in (old or {}).items() if k not in ("run", "recipe", "model", "checkpoint")}
                     d["teacher"] = {**keep, "run": "<study teacher>", "recipe": None, "weights": study.teacher.weights}
                 d = _apply(d, _for_run(study.overrides, d), f"{where}: study overrides")
@@ -135,13 +137,22 @@ def plan_study(study: Study, *, out: str | Path | None = None, validate: bool = 
                     d = _apply(d, _for_run(val.all + val.runs + val.methods.get(label, []), d), where)
                 d["name"], d["out"], d["seed"] = label, str(out_dir / cell_path(cell)), seed
                 _pin_corruption_seed(d, study.corruption_seed)
-                run = PlannedRun("student", str(out_dir / cell_path(cell) / label / f"seed{seed}"), seed, d,
-                                 method=label, cell=dict(cell))
+                run = PlannedRun(
+                    "student",
+                    str(out_dir / cell_path(cell) / label / f"seed{seed}"),
+                    seed,
+                    d,
+                    method=label,
+                    cell=dict(cell),
+                )
                 if uses_teacher:
                     assert study.teacher is not None and teacher_base is not None
                     tseed = seed if study.teacher.per_seed else study.teacher.seed
-                    t = _apply(copy.deepcopy(teacher_base), _for_run(study.overrides, teacher_base),
-                               f"teacher of {where}: study overrides")  # teacher.* are for the students
+                    t = _apply(
+                        copy.deepcopy(teacher_base),
+                        _for_run(study.overrides, teacher_base),
+                        f"teacher of {where}: study overrides",
+                    )  # teacher.* are for the students
                     for val in values:
                         t = _apply(t, val.all + val.teacher, f"teacher of {where}")
                     if study.teacher.same_data:
@@ -159,16 +170,17 @@ def plan_study(study: Study, *, out: str | Path | None = None, validate: bool = 
                     t["name"], t["out"] = key, str(out_dir / "teachers")
                     tdir = str(out_dir / "teachers" / key / f"seed{tseed}")
                     if tdir not in teachers:
-                        teachers[tdir] = PlannedRun("teacher", tdir, tseed, t,
-                                                    teacher_clean=study.teacher.clean)
+                        teachers[tdir] = PlannedRun("teacher", tdir, tseed, t, teacher_clean=study.teacher.clean)
                     if where_cell not in teachers[tdir].used_by:
                         teachers[tdir].used_by.append(where_cell)
                     run_weights = d["teacher"].get("weights", "final")
                     tdata = teachers[tdir].recipe.get("data") or {}
                     if run_weights == "best" and not tdata.get("val_fraction"):
-                        raise KDLabError(f"{where}: teacher.weights best early-stops the teacher on a validation "
-                                         "split; set data.val_fraction (e.g. in the study's overrides), so that "
-                                         "the test set never selects the teacher")
+                        raise KDLabError(
+                            f"{where}: teacher.weights best early-stops the teacher on a validation "
+                            "split; set data.val_fraction (e.g. in the study's overrides), so that "
+                            "the test set never selects the teacher"
+                        )
                     d["teacher"]["run"] = tdir
                     run.teacher_dir = tdir
                     run.teacher_weights = d["teacher"].get("weights", "final")
@@ -184,7 +196,10 @@ def plan_study(study: Study, *, out: str | Path | None = None, validate: bool = 
     runs = [*teachers.values(), *lazy.values(), *students]
     if validate:
         for r in runs:
-            what = f"teacher {r.run_dir} (used by {'; '.join(r.used_by)})" if r.kind == "teacher" else \
-                f"method {r.method}, cell {r.cell_label}, seed {r.seed}"
+            what = (
+                f"teacher {r.run_dir} (used by {'; '.join(r.used_by)})"
+                if r.kind == "teacher"
+                else f"method {r.method}, cell {r.cell_label}, seed {r.seed}"
+            )
             _validate(r.recipe, what)
     return runs

@@ -112,7 +112,7 @@ class Study(Strict):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "Study":
+    def _check(self) -> Study:
         if not self.methods:
             raise ValueError("a study needs at least one method")
         if len(set(self.seeds)) != len(self.seeds):
@@ -121,8 +121,10 @@ class Study(Strict):
             for value, cell in values.items():
                 unknown = set(cell.methods) - set(self.methods)
                 if unknown:
-                    raise ValueError(f"grid.{axis}.{value}.methods names unknown methods {sorted(unknown)}; "
-                                     f"known: {', '.join(self.methods)}")
+                    raise ValueError(
+                        f"grid.{axis}.{value}.methods names unknown methods {sorted(unknown)}; "
+                        f"known: {', '.join(self.methods)}"
+                    )
         return self
 
 

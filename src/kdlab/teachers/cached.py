@@ -48,6 +48,7 @@ DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
 # --------------------------------------------------------------------------------------------- fingerprints
 
+
 def _digest(parts: list[bytes | str]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for p in parts:
@@ -91,8 +92,19 @@ def fingerprint(*, teacher: str | None, dataset: Any, augment: list[dict], spec:
         "held-out inputs": _digest([split_digest(dataset.test)] + ([split_digest(val)] if val is not None else [])),
         "augmentation": _digest([_json(augment)]),
         "normalisation": _digest([_json([list(dataset.mean), list(dataset.std)])]),
-        "storage": _digest([_json({"views": spec.views, "dtype": spec.dtype, "topk": spec.topk,
-                                   "taps": list(spec.taps), "seed": spec.seed})]),
+        "storage": _digest(
+            [
+                _json(
+                    {
+                        "views": spec.views,
+                        "dtype": spec.dtype,
+                        "topk": spec.topk,
+                        "taps": list(spec.taps),
+                        "seed": spec.seed,
+                    }
+                )
+            ]
+        ),
         "teacher precision": autocast,
     }
 
@@ -105,11 +117,14 @@ def short(fp: dict[str, str]) -> str:
 def check_fingerprint(path: Path, stored: dict[str, str], expected: dict[str, str]) -> None:
     changed = [k for k, v in expected.items() if v != "unknown" and stored.get(k) not in (v, "unknown")]
     if changed:
-        raise KDLabError(f"teacher cache {path} is stale or foreign: {', '.join(changed)} changed since it was "
-                         "built; rebuild it with `kdlab cache build` (same recipe) or use `teacher.cache: auto`")
+        raise KDLabError(
+            f"teacher cache {path} is stale or foreign: {', '.join(changed)} changed since it was "
+            "built; rebuild it with `kdlab cache build` (same recipe) or use `teacher.cache: auto`"
+        )
 
 
 # --------------------------------------------------------------------------------------------- the store
+
 
 def _tap_file(tap: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", tap)
@@ -128,7 +143,9 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
     except ValueError:
         raise KDLabError(f"{p} is corrupt; delete {Path(path)} and rebuild with `kdlab cache build`") from None
     if meta.get("version") != VERSION:
-        raise KDLabError(f"teacher cache {path} has format {meta.get('version')}, this kdlab reads {VERSION}; rebuild it")
+        raise KDLabError(
+            f"teacher cache {path} has format {meta.get('version')}, this kdlab reads {VERSION}; rebuild it"
+        )
     return meta
 
 
@@ -166,13 +183,23 @@ def _nbytes(files: list[Path]) -> int:
 class CachedTeacher:
     """A teacher served from a cache folder; ``live`` (optional) runs the same teacher on new inputs."""
 
-    def __init__(self, path: str | Path, *, live: Any = None, placement: str = "auto",
-                 device: torch.device | str = "cpu", name: str = "teacher", expected: dict[str, str] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        live: Any = None,
+        placement: str = "auto",
+        device: torch.device | str = "cpu",
+        name: str = "teacher",
+        expected: dict[str, str] | None = None,
+    ):
         self.path = Path(path)
         meta = read_meta(self.path)
         if meta is None or not meta.get("complete"):
-            raise KDLabError(f"{self.path} is not a finished teacher cache (no meta.json); build it with "
-                             "`kdlab cache build <recipe files>`")
+            raise KDLabError(
+                f"{self.path} is not a finished teacher cache (no meta.json); build it with "
+                "`kdlab cache build <recipe files>`"
+            )
         if expected is not None:
             check_fingerprint(self.path, meta["fingerprint"], expected)
         self.meta, self.name, self._live = meta, name, live
@@ -186,8 +213,9 @@ class CachedTeacher:
         self.placement = _place(placement, total, self.device)
         self.arrays = {k: _Array(f, shard, self.placement, self.device) for k, f in files.items()}
         self.taps = list(meta["taps"])
-        self.capabilities = frozenset({LOGITS} | ({FEATURES} if self.taps else set())
-                                      | (live.capabilities if live is not None else set()))
+        self.capabilities = frozenset(
+            {LOGITS} | ({FEATURES} if self.taps else set()) | (live.capabilities if live is not None else set())
+        )
         self.table: torch.Tensor | None = None
         if meta["mode"] == "sampled":
             self.table = torch.from_numpy(np.load(self.path / "params.npy").astype(np.int64))
@@ -218,8 +246,10 @@ class CachedTeacher:
 
     def clean(self, batch: Any) -> TeacherOutput:
         if batch.view is None:
-            raise KDLabError("the teacher cache needs view numbers on the batch; build the batch with the run's "
-                             "Pipeline (kdlab.engine.batch)")
+            raise KDLabError(
+                "the teacher cache needs view numbers on the batch; build the batch with the run's "
+                "Pipeline (kdlab.engine.batch)"
+            )
         dev = batch.x.device
         feats = {t: self.arrays[f"feat-{_tap_file(t)}"].gather(batch.idx, batch.view, dev).float() for t in self.taps}
         return TeacherOutput(self.logits(batch.idx, batch.view, dev), feats)
@@ -230,13 +260,17 @@ class CachedTeacher:
             return torch.from_numpy(np.load(f)).float()
         if self._live is not None:
             return self._live.eval_logits(split, loader, prepare)
-        raise KDLabError(f"teacher cache {self.path} has no {split} logits and the teacher has no live model; "
-                         "rebuild the cache with this recipe")
+        raise KDLabError(
+            f"teacher cache {self.path} has no {split} logits and the teacher has no live model; "
+            "rebuild the cache with this recipe"
+        )
 
     def __repr__(self) -> str:
         m = self.meta
-        return (f"CachedTeacher({self.path}, {m['num_samples']}×{m['num_views']} views, {m['mode']}, "
-                f"{m['dtype']}{', top-' + str(m['topk']) if m['topk'] else ''}, {self.placement})")
+        return (
+            f"CachedTeacher({self.path}, {m['num_samples']}×{m['num_views']} views, {m['mode']}, "
+            f"{m['dtype']}{', top-' + str(m['topk']) if m['topk'] else ''}, {self.placement})"
+        )
 
 
 def _place(placement: str, nbytes: int, device: torch.device) -> str:
@@ -261,7 +295,10 @@ def _place(placement: str, nbytes: int, device: torch.device) -> str:
 
 # --------------------------------------------------------------------------------------------- building
 
-def cache_size(num_samples: int, num_views: int, num_classes: int, spec: Any, feat_shapes: dict[str, tuple]) -> dict[str, int]:
+
+def cache_size(
+    num_samples: int, num_views: int, num_classes: int, spec: Any, feat_shapes: dict[str, tuple]
+) -> dict[str, int]:
     per = 2 if spec.dtype == "fp16" else 4
     if spec.topk:
         logits = num_samples * num_views * (spec.topk * (per + 4) + 4)
@@ -288,9 +325,20 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def build(path: str | Path, *, teacher: Any, dataset: Any, pipeline: Any, spec: Any, fp: dict[str, str],
-          augment: list[dict], batch_size: int, device: torch.device, show: Any = print,
-          progress: bool | None = None) -> Path:
+def build(
+    path: str | Path,
+    *,
+    teacher: Any,
+    dataset: Any,
+    pipeline: Any,
+    spec: Any,
+    fp: dict[str, str],
+    augment: list[dict],
+    batch_size: int,
+    device: torch.device,
+    show: Any = print,
+    progress: bool | None = None,
+) -> Path:
     """Run ``teacher`` (a LiveTeacher) over every (sample, view) of the training split and write the cache.
     Resumable: finished shards are kept. Returns the folder."""
     from kdlab.data import make_loader  # deferred: kdlab.data imports every dataset
@@ -309,16 +357,23 @@ def build(path: str | Path, *, teacher: Any, dataset: Any, pipeline: Any, spec: 
         mode, rows, table, v = "identity", torch.zeros(1, 0, dtype=torch.int64), None, 1
     elif spec.views == "all":
         if not pipeline.enumerable:
-            raise KDLabError("teacher.cache.views: the augmentation "
-                             f"{[a['name'] for a in augment]} cannot be enumerated; set views: K (a number of "
-                             "views per sample drawn once)")
+            raise KDLabError(
+                "teacher.cache.views: the augmentation "
+                f"{[a['name'] for a in augment]} cannot be enumerated; set views: K (a number of "
+                "views per sample drawn once)"
+            )
         mode, rows, table, v = "enumerated", pipeline.enumerate(), None, pipeline.num_views
     else:
         k = int(spec.views)
         gen = torch.Generator().manual_seed(spec.seed)
         probe = _raw(dataset.train.x[:1])
-        table = torch.stack([torch.cat([pv.draw(probe.expand(n, *probe.shape[1:]), gen) for pv in pipeline.augment], 1)
-                             for _ in range(k)], 1)  # N×K×k
+        table = torch.stack(
+            [
+                torch.cat([pv.draw(probe.expand(n, *probe.shape[1:]), gen) for pv in pipeline.augment], 1)
+                for _ in range(k)
+            ],
+            1,
+        )  # N×K×k
         mode, rows, v = "sampled", None, k
         _save_npy(path / "params.npy", table.numpy().astype(np.int16))
     if rows is not None:
@@ -326,9 +381,12 @@ def build(path: str | Path, *, teacher: Any, dataset: Any, pipeline: Any, spec: 
     probe_out = teacher(pipeline.prepare(_raw(dataset.train.x[:2]).to(device)))
     feat_shapes = {t: tuple(probe_out.feats[t].shape[1:]) for t in taps}
     sizes = cache_size(n, v, c, spec, feat_shapes)
-    show(f"teacher cache {path}: {n} samples × {v} views ({mode}) × {c} classes, {spec.dtype}"
-         f"{f', top-{spec.topk}' if spec.topk else ''}: "
-         + ", ".join(f"{k} {human(b)}" for k, b in sizes.items()) + f" = {human(sum(sizes.values()))}")
+    show(
+        f"teacher cache {path}: {n} samples × {v} views ({mode}) × {c} classes, {spec.dtype}"
+        f"{f', top-{spec.topk}' if spec.topk else ''}: "
+        + ", ".join(f"{k} {human(b)}" for k, b in sizes.items())
+        + f" = {human(sum(sizes.values()))}"
+    )
     dtype = DTYPES[spec.dtype]
     shard = int(spec.shard)
     shards = math.ceil(n / shard)
@@ -365,10 +423,22 @@ def build(path: str | Path, *, teacher: Any, dataset: Any, pipeline: Any, spec: 
     finally:
         if bar is not None:
             bar.stop()
-    meta = {"version": VERSION, "complete": True, "fingerprint": fp, "mode": mode, "num_samples": n,
-            "num_views": v, "num_classes": c, "dtype": spec.dtype, "topk": spec.topk, "taps": taps,
-            "feature_shapes": {t: list(s) for t, s in feat_shapes.items()}, "shard": shard, "augment": augment,
-            "bytes": sum(sizes.values())}
+    meta = {
+        "version": VERSION,
+        "complete": True,
+        "fingerprint": fp,
+        "mode": mode,
+        "num_samples": n,
+        "num_views": v,
+        "num_classes": c,
+        "dtype": spec.dtype,
+        "topk": spec.topk,
+        "taps": taps,
+        "feature_shapes": {t: list(s) for t, s in feat_shapes.items()},
+        "shard": shard,
+        "augment": augment,
+        "bytes": sum(sizes.values()),
+    }
     atomic_write(path / META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return path
 
@@ -378,8 +448,18 @@ def _raw(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.is_floating_point() else x
 
 
-def _store(out: dict[str, np.ndarray], res: TeacherOutput, local: np.ndarray, j: int, size: int, v: int, c: int,
-           spec: Any, dtype: Any, taps: list[str]) -> None:
+def _store(
+    out: dict[str, np.ndarray],
+    res: TeacherOutput,
+    local: np.ndarray,
+    j: int,
+    size: int,
+    v: int,
+    c: int,
+    spec: Any,
+    dtype: Any,
+    taps: list[str],
+) -> None:
     def put(key: str, value: torch.Tensor, dt: Any) -> None:
         if key not in out:
             out[key] = np.zeros((size, v) + tuple(value.shape[1:]), dtype=dt)

@@ -20,8 +20,14 @@ from kdlab.teachers.base import FEATURES, LIVE, LOGITS, TeacherOutput
 class LiveTeacher:
     capabilities = frozenset({LOGITS, FEATURES, LIVE})
 
-    def __init__(self, model: nn.Module, taps: list[str] | None = None, *, autocast: torch.dtype | None = None,
-                 name: str = "teacher"):
+    def __init__(
+        self,
+        model: nn.Module,
+        taps: list[str] | None = None,
+        *,
+        autocast: torch.dtype | None = None,
+        name: str = "teacher",
+    ):
         self.model = model
         self.name = name
         self.autocast = autocast
@@ -34,7 +40,7 @@ class LiveTeacher:
 
     # -------------------------------------------------------------------------------- TeacherSource
     @property
-    def live(self) -> "LiveTeacher":
+    def live(self) -> LiveTeacher:
         return self
 
     def clean(self, batch: Any) -> TeacherOutput:
@@ -87,7 +93,7 @@ class LiveTeacher:
         with torch.enable_grad():
             return self._forward(x)
 
-    def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> "LiveTeacher":
+    def to(self, device: torch.device | str, memory_format: torch.memory_format | None = None) -> LiveTeacher:
         self.model.to(device)
         if memory_format is not None:
             self.model.to(memory_format=memory_format)

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from kdlab.engine.checkpoint import fit_weights, read_weights
 from kdlab.engine.batch import make_pipeline
+from kdlab.engine.checkpoint import fit_weights, read_weights
 from kdlab.engine.devices import memory_format_for, pick_device, teacher_autocast
 from kdlab.engine.lock import folder_lock
 from kdlab.errors import KDLabError
@@ -46,13 +46,19 @@ def _augment(recipe: Recipe) -> list[dict]:
     return [{"name": v.name, **v.params.model_dump()} for v in recipe.data.augment]
 
 
-def cache_plan(recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeacher | None,
-               device: torch.device) -> tuple[Path, dict[str, str]]:
+def cache_plan(
+    recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeacher | None, device: torch.device
+) -> tuple[Path, dict[str, str]]:
     """(folder, expected fingerprint) of a teacher's cache under this recipe."""
     assert spec.cache is not None
     autocast = teacher_autocast(recipe.train, device)
-    fp = fingerprint(teacher=weights_digest(live.model) if live is not None else None, dataset=dataset,
-                     augment=_augment(recipe), spec=spec.cache, autocast=str(autocast))
+    fp = fingerprint(
+        teacher=weights_digest(live.model) if live is not None else None,
+        dataset=dataset,
+        augment=_augment(recipe),
+        spec=spec.cache,
+        autocast=str(autocast),
+    )
     if spec.cache.path != "auto":
         return Path(spec.cache.path), fp
     if spec.run is not None:
@@ -60,8 +66,16 @@ def cache_plan(recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeache
     return cache_home() / f"{fp['teacher weights'][:12]}-{short(fp)}", fp
 
 
-def ensure_cache(recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeacher, device: torch.device, *,
-                 quiet: bool = True, progress: bool | None = None) -> Path:
+def ensure_cache(
+    recipe: Recipe,
+    spec: TeacherSpec,
+    dataset: Any,
+    live: LiveTeacher,
+    device: torch.device,
+    *,
+    quiet: bool = True,
+    progress: bool | None = None,
+) -> Path:
     """The cache folder, built first if it is missing or unfinished (resumable), under a lock so that two
     processes wanting the same cache build it once."""
     path, fp = cache_plan(recipe, spec, dataset, live, device)
@@ -71,9 +85,19 @@ def ensure_cache(recipe: Recipe, spec: TeacherSpec, dataset: Any, live: LiveTeac
     live.to(device, memory_format_for(recipe.train, tuple(dataset.input_shape), device))
     live.autocast = teacher_autocast(recipe.train, device)
     with folder_lock(path, wait=True, what="teacher cache"):
-        build(path, teacher=live, dataset=dataset, pipeline=make_pipeline(recipe, dataset, device), spec=spec.cache,
-              fp=fp, augment=_augment(recipe), batch_size=recipe.data.eval_batch_size, device=device,
-              show=(lambda *_: None) if quiet else print, progress=progress)
+        build(
+            path,
+            teacher=live,
+            dataset=dataset,
+            pipeline=make_pipeline(recipe, dataset, device),
+            spec=spec.cache,
+            fp=fp,
+            augment=_augment(recipe),
+            batch_size=recipe.data.eval_batch_size,
+            device=device,
+            show=(lambda *_: None) if quiet else print,
+            progress=progress,
+        )
     return path
 
 
@@ -81,12 +105,15 @@ def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quie
     """A frozen teacher from a run folder (trained first from ``spec.recipe`` if it is not finished yet),
     or from a model spec with an optional checkpoint (a factory model brings its own weights)."""
     from kdlab.engine.run import build_model_for, run_recipe  # the driver trains an unfinished teacher run
+
     if spec.run is not None:
         run = Path(spec.run)
         if not (run / SUMMARY).exists():
             if spec.recipe is None:
-                raise KDLabError(f"teacher run {run} has no finished training (no summary.json); "
-                                 "train it with `kdlab run` or give `teacher.recipe:` to train it here")
+                raise KDLabError(
+                    f"teacher run {run} has no finished training (no summary.json); "
+                    "train it with `kdlab run` or give `teacher.recipe:` to train it here"
+                )
             # under the teacher folder's lock: students waiting on one untrained teacher train it once
             with folder_lock(run, wait=True, what="teacher run"):
                 if not (run / SUMMARY).exists():
@@ -120,8 +147,10 @@ def build_teachers(recipe: Recipe, dataset: Any, device: torch.device, *, quiet:
     needed = objective_teacher_taps(recipe) if any(t.cache is not None for t in recipe.teachers) else []
     for spec in recipe.teachers:  # a missing cache folder is said before any teacher trains on demand
         if spec.cache is not None and spec.cache.path != "auto" and read_meta(spec.cache.path) is None:
-            raise KDLabError(f"teacher.cache: {spec.cache.path} is not a teacher cache (no meta.json); build it with "
-                             "`kdlab cache build <recipe files>` or use cache: auto")
+            raise KDLabError(
+                f"teacher.cache: {spec.cache.path} is not a teacher cache (no meta.json); build it with "
+                "`kdlab cache build <recipe files>` or use cache: auto"
+            )
     for i, spec in enumerate(recipe.teachers):
         name = f"teacher{i}"
         live = live_teacher(recipe, spec, dataset, name) if (spec.run is not None or spec.model is not None) else None
@@ -131,8 +160,10 @@ def build_teachers(recipe: Recipe, dataset: Any, device: torch.device, *, quiet:
         missing = [t for t in needed if t not in spec.cache.taps]
         if missing and spec.cache.path == "auto" and live is not None:
             if not quiet:
-                print(f"note: teacher cache not used for {name}: the objective needs teacher features at {missing}, "
-                      "which it does not store (declare them in teacher.cache.taps to cache them)")
+                print(
+                    f"note: teacher cache not used for {name}: the objective needs teacher features at {missing}, "
+                    "which it does not store (declare them in teacher.cache.taps to cache them)"
+                )
             out.append(live)
             continue
         if spec.cache.path == "auto":
@@ -141,8 +172,9 @@ def build_teachers(recipe: Recipe, dataset: Any, device: torch.device, *, quiet:
         else:
             path = Path(spec.cache.path)
         _, expected = cache_plan(recipe, spec, dataset, live, device)
-        out.append(CachedTeacher(path, live=live, placement=spec.cache.placement, device=device, name=name,
-                                 expected=expected))
+        out.append(
+            CachedTeacher(path, live=live, placement=spec.cache.placement, device=device, name=name, expected=expected)
+        )
     return out
 
 
@@ -184,8 +216,16 @@ def prebuild_caches(recipes: list[Recipe], log: Any = print) -> dict[int, str]:
         assert spec.cache is not None
         if spec.cache.path != "auto" or any(t not in spec.cache.taps for t in objective_teacher_taps(recipe)):
             continue  # an explicit cache is the user's; feature terms without stored taps use the live teacher
-        key = json.dumps([spec.model_dump(), recipe.data.model_dump(), recipe.seed if spec.run is None else None,
-                          recipe.train.device], sort_keys=True, default=str)
+        key = json.dumps(
+            [
+                spec.model_dump(),
+                recipe.data.model_dump(),
+                recipe.seed if spec.run is None else None,
+                recipe.train.device,
+            ],
+            sort_keys=True,
+            default=str,
+        )
         if key in seen:
             continue
         seen.add(key)

@@ -107,8 +107,15 @@ def _rule(g: torch.Tensor, rule: str, h: float, count: torch.Tensor) -> torch.Te
     raise ValueError(f"unknown step rule {rule!r}")
 
 
-def project(x: torch.Tensor, x0: torch.Tensor, *, ball: str | None = None, eps: float | None = None,
-            lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> torch.Tensor:
+def project(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    *,
+    ball: str | None = None,
+    eps: float | None = None,
+    lo: torch.Tensor | None = None,
+    hi: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Π: into the ``ball`` (``l2``/``linf``) of radius ``eps`` around ``x0``, then clip to ``[lo, hi]``."""
     if ball == "l2":
         delta = x - x0
@@ -136,9 +143,18 @@ class Ascent:
     steps: list[torch.Tensor] = field(default_factory=list)
 
 
-def ascend(x0: torch.Tensor, divergence_fn: Callable[[torch.Tensor], torch.Tensor], params: Any,
-           lo: torch.Tensor | None = None, hi: torch.Tensor | None = None, gen: torch.Generator | None = None,
-           *, mask: torch.Tensor | None = None, ascent: bool = True, record: bool = False) -> Ascent:
+def ascend(
+    x0: torch.Tensor,
+    divergence_fn: Callable[[torch.Tensor], torch.Tensor],
+    params: Any,
+    lo: torch.Tensor | None = None,
+    hi: torch.Tensor | None = None,
+    gen: torch.Generator | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    ascent: bool = True,
+    record: bool = False,
+) -> Ascent:
     """Model-agnostic K-step ascent of ``divergence_fn`` from ``x0`` (any float tensor, batch first).
 
     ``params`` needs ``steps``, ``eta``, ``step_rule``, ``direction``, ``ball``, ``eps`` (a
@@ -152,8 +168,9 @@ def ascend(x0: torch.Tensor, divergence_fn: Callable[[torch.Tensor], torch.Tenso
     sign = 1.0 if ascent else -1.0
     x0 = x0.detach()
     m = None if mask is None else mask.to(device=x0.device, dtype=x0.dtype).expand_as(x0)
-    count = (torch.full((len(x0),), float(x0[0].numel()), device=x0.device) if m is None
-             else m.reshape(len(m), -1).sum(1))
+    count = (
+        torch.full((len(x0),), float(x0[0].numel()), device=x0.device) if m is None else m.reshape(len(m), -1).sum(1)
+    )
     x = x0.clone()
     out = Ascent(x=x0, d_before=torch.zeros(len(x0), device=x0.device))
     for j in range(k):
@@ -190,28 +207,30 @@ class BackwardParams(ExtraParams):
     """Recipe fields of the ``backward`` view (defaults: research note §2.3, all [ours])."""
 
     weight: float = Field(0.25, ge=0, description="λ_aux: weight of the objective on x̃")
-    targets: Literal["teacher"] = Field("teacher", description="always the teacher: never the original hard "
-                                        "label on x̃")
+    targets: Literal["teacher"] = Field("teacher", description="always the teacher: never the original hard label on x̃")
     tau: float = Field(4.0, gt=0, description="temperature of the divergence D that the ascent increases")
     steps: int = Field(1, ge=1, description="K, ascent steps per sample")
-    eta: float = Field(0.1, ge=0, description="total budget, per-element RMS in normalised units (l2/sign); a plain "
-                       "step size for raw")
-    step_rule: StepRule = Field("l2", description="l2: (η/K)·sqrt(d)·g/‖g‖ per sample; sign: (η/K)·sign(g); raw: "
-                                "(η/K)·g")
+    eta: float = Field(
+        0.1, ge=0, description="total budget, per-element RMS in normalised units (l2/sign); a plain step size for raw"
+    )
+    step_rule: StepRule = Field(
+        "l2", description="l2: (η/K)·sqrt(d)·g/‖g‖ per sample; sign: (η/K)·sign(g); raw: (η/K)·g"
+    )
     ball: Literal["l2", "linf"] | None = Field(None, description="optional ball of radius eps around the start")
     eps: float | None = Field(None, gt=0, description="radius of `ball` (give both or neither)")
-    direction: Literal["gradient", "random"] = Field("gradient", description="random: a same-norm random "
-                                                     "direction (the control)")
-    schedule: Literal["online", "offline"] = Field("online", description="online: from every batch; offline: a "
-                                                   "set regenerated every `every` epochs")
-    fraction: float = Field(1.0, gt=0, le=1, description="of the batch (online) or of the training split "
-                            "(offline)")
+    direction: Literal["gradient", "random"] = Field(
+        "gradient", description="random: a same-norm random direction (the control)"
+    )
+    schedule: Literal["online", "offline"] = Field(
+        "online", description="online: from every batch; offline: a set regenerated every `every` epochs"
+    )
+    fraction: float = Field(1.0, gt=0, le=1, description="of the batch (online) or of the training split (offline)")
     every: int = Field(5, ge=1, description="offline: regenerate every E epochs")
     ratio: float = Field(1.0, gt=0, description="offline: ρ auxiliary samples per clean sample per step")
     stats_pass: bool = Field(True, description="one no-grad student forward on x̃ for the d_after statistic")
 
     @model_validator(mode="after")
-    def _ball_needs_eps(self) -> "BackwardParams":
+    def _ball_needs_eps(self) -> BackwardParams:
         if (self.ball is None) != (self.eps is None):
             raise ValueError("`ball` and `eps` go together: give both (ball: l2|linf, eps > 0) or neither")
         return self
@@ -255,8 +274,9 @@ class Backward(ExtraView):
         self._student_id: int | None = None
 
     # -- generation on one chunk ------------------------------------------------------------------
-    def _generate(self, inp: ViewInput, x0: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor],
-                                                                    torch.Tensor | None]:
+    def _generate(
+        self, inp: ViewInput, x0: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
         """Ascend from ``x0`` with both networks in eval mode; per-sample stats and (stats_pass) the student's
         no-grad logits at x̃."""
         teacher, student, p = inp.teacher, inp.student, self.p
@@ -307,8 +327,10 @@ class Backward(ExtraView):
     def _regenerate(self, inp: ViewInput) -> None:
         data = inp.data
         if data is None or not hasattr(data, "split") or not hasattr(data, "prepare"):
-            raise KDLabError("view 'backward' with schedule: offline needs the engine's training data "
-                             "(ViewInput.data with .split and .prepare)")
+            raise KDLabError(
+                "view 'backward' with schedule: offline needs the engine's training data "
+                "(ViewInput.data with .split and .prepare)"
+            )
         split = data.split
         n = len(split)
         device = inp.x.device
@@ -317,7 +339,7 @@ class Backward(ExtraView):
         chunk = max(1, len(inp.x))
         xs, pers = [], []
         for i in range(0, len(src), chunk):
-            rows = src[i:i + chunk]
+            rows = src[i : i + chunk]
             raw = split.x[rows.to(split.x.device)].to(device)
             x0 = data.prepare(raw)
             x, per, s_after = self._generate(inp, x0)
@@ -335,8 +357,13 @@ class Backward(ExtraView):
 
     def _offline(self, inp: ViewInput) -> ViewBatch:
         last = self.generated_at[-1] if self.generated_at else None
-        stale = (self._aux is None or last is None or inp.epoch >= last + self.p.every or inp.epoch < last
-                 or self._student_id != id(inp.student))  # epoch counter went back / new student: new stage
+        stale = (
+            self._aux is None
+            or last is None
+            or inp.epoch >= last + self.p.every
+            or inp.epoch < last
+            or self._student_id != id(inp.student)
+        )  # epoch counter went back / new student: new stage
         if stale:
             self._regenerate(inp)
             self._student_id = id(inp.student)
@@ -350,8 +377,9 @@ class Backward(ExtraView):
             sel = torch.randint(0, pool, (want,), generator=inp.gen, device=gdev)
         sel = sel.to(aux["x"].device)
         x = aux["x"][sel]
-        stats = {k: float(aux[k][sel].mean()) for k in ("d_before", "d_after", "clipped", "clipped_start", "l2")
-                 if k in aux}
+        stats = {
+            k: float(aux[k][sel].mean()) for k in ("d_before", "d_after", "clipped", "clipped_start", "l2") if k in aux
+        }
         return ViewBatch(x=x, idx=aux["idx"][sel], y=aux["y"][sel], teacher=inp.teacher(x), stats=stats)
 
 

@@ -9,8 +9,8 @@ Randomness comes only from ``gen`` (which may live on the CPU while ``x`` is on 
 the generator's device and moved). A call is split in two public steps, ``draw(x, gen)`` → per-sample int64
 parameters (N×k) and ``apply(x, params)``, so a cache can key teacher outputs by (sample, view parameters).
 Nothing loops over samples in Python. ``radices(sample_shape)`` lists how many values each parameter column
-can take, so the teacher cache can enumerate every view of a sample (``kdlab.engine.batch``). Views run before ``normalize``, so padding is black, as in the
-CIFAR literature.
+can take, so the teacher cache can enumerate every view of a sample (``kdlab.engine.batch``). Views run before
+``normalize``, so padding is black, as in the CIFAR literature.
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ class Crop(View):
     random offset per sample (per spatial dim, in [0, 2·padding]). Works on images and 1-D signals."""
 
     class Params(View.Params):
-        padding: int = Field(4, ge=0, description="zero padding on each spatial side; the crop shifts by up to "
-                             "this many pixels")
+        padding: int = Field(
+            4, ge=0, description="zero padding on each spatial side; the crop shifts by up to this many pixels"
+        )
 
     def draw(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         d = _spatial_dims(x)

@@ -33,12 +33,15 @@ if TYPE_CHECKING:
 class ExtraParams(Strict):
     """Fields every extra view has."""
 
-    weight: float = Field(1.0, ge=0, description="multiplier of the objective computed on x' (Wang et al.: 1, "
-                          "inside alpha)")
-    targets: Literal["teacher", "labels"] = Field("teacher", description="what the terms on x' learn from: the "
-                                                  "teacher's outputs on x' or the (mixed) labels")
-    mode: Literal["add", "replace"] = Field("add", description="add x' to the clean batch (the paper) or train on "
-                                            "x' only")
+    weight: float = Field(
+        1.0, ge=0, description="multiplier of the objective computed on x' (Wang et al.: 1, inside alpha)"
+    )
+    targets: Literal["teacher", "labels"] = Field(
+        "teacher", description="what the terms on x' learn from: the teacher's outputs on x' or the (mixed) labels"
+    )
+    mode: Literal["add", "replace"] = Field(
+        "add", description="add x' to the clean batch (the paper) or train on x' only"
+    )
 
 
 @dataclass
@@ -49,7 +52,7 @@ class ViewInput:
     y: torch.Tensor
     idx: torch.Tensor
     gen: torch.Generator
-    teacher: "Teacher | None"
+    teacher: Teacher | None
     student: nn.Module
     lo: torch.Tensor  # per-channel bounds of valid inputs in normalised units, shaped to broadcast with x
     hi: torch.Tensor
@@ -67,7 +70,7 @@ class ViewBatch:
     idx: torch.Tensor
     y: torch.Tensor
     y_mix: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    teacher: "TeacherOutput | None" = None
+    teacher: TeacherOutput | None = None
     stats: dict[str, float] = field(default_factory=dict)
 
 

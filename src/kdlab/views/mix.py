@@ -41,8 +41,18 @@ from kdlab.views.extra import ExtraParams, ExtraView, ViewBatch, ViewInput
 _WANG = "Wang et al., Knowledge Distillation Thrives on Data Augmentation, arXiv 2012.02909 / NeurIPS 2022"
 
 __all__ = [
-    "CutMix", "CutMixPick", "Cutout", "Mixup", "MixupParams", "beta", "box_mask", "cut_sides", "cutmix_batch", "derangement",
-    "entropy", "rand_box",
+    "CutMix",
+    "CutMixPick",
+    "Cutout",
+    "Mixup",
+    "MixupParams",
+    "beta",
+    "box_mask",
+    "cut_sides",
+    "cutmix_batch",
+    "derangement",
+    "entropy",
+    "rand_box",
 ]
 
 
@@ -126,8 +136,9 @@ def _per_sample(values: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     return values.expand(n, *values.shape[1:]) if mode == "batch" else values
 
 
-def cutmix_batch(x: torch.Tensor, alpha: float, lam_mode: str, gen: torch.Generator | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def cutmix_batch(
+    x: torch.Tensor, alpha: float, lam_mode: str, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One CutMix draw on a batch: ``(x', π, area-corrected λ (N, float32), boxes N×d×2)``.
 
     Draw order (fixed, so a generator replays it): λ (1 or N), box centres (1 or N), derangement.
@@ -135,8 +146,12 @@ def cutmix_batch(x: torch.Tensor, alpha: float, lam_mode: str, gen: torch.Genera
     spatial = _spatial(x)
     n = len(x)
     if n <= 1:
-        return x, torch.arange(n, device=x.device), torch.ones(n, device=x.device), \
-            torch.zeros(n, len(spatial), 2, dtype=torch.long)
+        return (
+            x,
+            torch.arange(n, device=x.device),
+            torch.ones(n, device=x.device),
+            torch.zeros(n, len(spatial), 2, dtype=torch.long),
+        )
     draws = 1 if lam_mode == "batch" else n
     lam = beta(alpha, draws, gen)
     boxes = _per_sample(rand_box(spatial, cut_sides(spatial, lam), gen), n, lam_mode)
@@ -170,12 +185,19 @@ class MixParams(ExtraParams):
 class MixupParams(MixParams):
     # permutation: torch.randperm as the authors' mixup (and Zhang et al.'s code) - a sample can be its own
     # partner (~1 in B stays clean); derangement: never (our earlier default, kept as an option)
-    partner: Literal["permutation", "derangement"] = Field("permutation", description=(
-        "permutation: a random permutation (a sample may be its own partner, the authors'); derangement: never"))
+    partner: Literal["permutation", "derangement"] = Field(
+        "permutation",
+        description=(
+            "permutation: a random permutation (a sample may be its own partner, the authors'); derangement: never"
+        ),
+    )
 
 
-@VIEWS.register("mixup", description="mixup x' = λx + (1−λ)x[π], π a random permutation (TLmixup) or derangement",
-                paper="Zhang et al., mixup, ICLR 2018; " + _WANG)
+@VIEWS.register(
+    "mixup",
+    description="mixup x' = λx + (1−λ)x[π], π a random permutation (TLmixup) or derangement",
+    paper="Zhang et al., mixup, ICLR 2018; " + _WANG,
+)
 class Mixup(ExtraView):
     """mixup: ``x' = λ·x + (1−λ)·x[π]``, λ ~ Beta(alpha, alpha) once per batch (or per sample), π a random
     permutation (``partner: permutation``, the authors') or derangement. ``y_mix = (y, y[π], λ)``. A batch of
@@ -197,12 +219,20 @@ class Mixup(ExtraView):
             perm = torch.randperm(n, generator=inp.gen, device=generator_device(inp.gen)).to(x.device)
         w = lam.to(x.dtype).reshape(n, *([1] * (x.dim() - 1)))
         out = w * x + (1 - w) * x[perm]
-        return ViewBatch(x=out, idx=inp.idx, y=inp.y, y_mix=(inp.y, inp.y[perm.to(inp.y.device)], lam),
-                         stats={"lam": float(lam.mean())})
+        return ViewBatch(
+            x=out,
+            idx=inp.idx,
+            y=inp.y,
+            y_mix=(inp.y, inp.y[perm.to(inp.y.device)], lam),
+            stats={"lam": float(lam.mean())},
+        )
 
 
-@VIEWS.register("cutmix", description="CutMix: paste a box of a derangement partner, area-corrected λ (TLCutMix)",
-                paper="Yun et al., CutMix, ICCV 2019; " + _WANG)
+@VIEWS.register(
+    "cutmix",
+    description="CutMix: paste a box of a derangement partner, area-corrected λ (TLCutMix)",
+    paper="Yun et al., CutMix, ICCV 2019; " + _WANG,
+)
 class CutMix(ExtraView):
     """CutMix: λ ~ Beta(alpha, alpha); a box of sides ``int(S·sqrt(1−λ))`` (a segment of ``int(L·(1−λ))`` for
     signals) at a uniform centre, clipped; one box for the whole batch (``lam: batch``, the papers) or one per
@@ -221,22 +251,33 @@ class CutoutParams(ExtraParams):
     # side of the square (segment) in pixels, or as a share of each spatial side; neither → ratio 0.25
     # (DeVries & Taylor: 16 px on CIFAR-10 = 0.5, 8 px on CIFAR-100 = 0.25, 20 px on SVHN)
     size: int | None = Field(None, ge=1, description="side of the square hole in pixels")
-    ratio: float | None = Field(None, gt=0, le=1, description=(
-        "side of the hole as a share of each spatial side (neither size nor ratio: 0.25)"))
+    ratio: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=("side of the hole as a share of each spatial side (neither size nor ratio: 0.25)"),
+    )
     # batch: one hole (one centre) for the whole batch, as the authors' KD+Cutout and T. stddev rows (Wang et al.)
     # were produced; sample: one hole per sample, as DeVries & Taylor's Cutout (a per-image transform)
-    per: Literal["batch", "sample"] = Field("batch", description=(
-        "batch: one hole for the whole batch (Wang et al.'s rows); sample: one per sample (DeVries & Taylor)"))
+    per: Literal["batch", "sample"] = Field(
+        "batch",
+        description=(
+            "batch: one hole for the whole batch (Wang et al.'s rows); sample: one per sample (DeVries & Taylor)"
+        ),
+    )
 
     @model_validator(mode="after")
-    def _one_of(self) -> "CutoutParams":
+    def _one_of(self) -> CutoutParams:
         if self.size is not None and self.ratio is not None:
             raise ValueError("give cutout either size or ratio, not both")
         return self
 
 
-@VIEWS.register("cutout", description="Cutout: zero a random square, one per batch (Wang et al.'s rows) or per sample",
-                paper="DeVries & Taylor, Improved Regularization of CNNs with Cutout, arXiv 1708.04552, 2017; " + _WANG)
+@VIEWS.register(
+    "cutout",
+    description="Cutout: zero a random square, one per batch (Wang et al.'s rows) or per sample",
+    paper="DeVries & Taylor, Improved Regularization of CNNs with Cutout, arXiv 1708.04552, 2017; " + _WANG,
+)
 class Cutout(ExtraView):
     """Cutout: a square of side ``size`` (or ``ratio``·side; a segment for signals) at a uniform centre, clipped
     at the border, is set to 0 — one square for the whole batch (``per: batch``, default: what reproduces the
@@ -269,18 +310,23 @@ class PickParams(MixParams):
     # candidates kept; None → the batch size (authors: n_pick = 64 = B)
     k: int | None = Field(None, ge=1, description="candidates kept from the pool; null: the batch size")
     # NeurIPS22 CutMixPick: teacher entropy; ICLR22 "pick": KL(T‖S) at τ=4; random: same pool, random keep
-    criterion: Literal["teacher_entropy", "student_entropy", "kl", "random"] = Field("teacher_entropy", description=(
-        "how candidates are scored: teacher_entropy, student_entropy, kl (T‖S at tau_kl) or random"))
+    criterion: Literal["teacher_entropy", "student_entropy", "kl", "random"] = Field(
+        "teacher_entropy",
+        description=("how candidates are scored: teacher_entropy, student_entropy, kl (T‖S at tau_kl) or random"),
+    )
     tau_kl: float = Field(4.0, gt=0, description="temperature of the kl criterion")
     # eval: score the student with frozen BN statistics; train: as the authors' code (updates BN running stats)
-    student_mode: Literal["eval", "train"] = Field("eval", description=(
-        "eval: score the student with frozen BN statistics; train: as the authors' code"))
+    student_mode: Literal["eval", "train"] = Field(
+        "eval", description=("eval: score the student with frozen BN statistics; train: as the authors' code")
+    )
 
 
-@VIEWS.register("cutmix_pick",
-                description="CutMixPick: m·B CutMix candidates, keep the top-k by teacher entropy / KL / student "
-                            "entropy (random = control)",
-                paper=_WANG)
+@VIEWS.register(
+    "cutmix_pick",
+    description="CutMixPick: m·B CutMix candidates, keep the top-k by teacher entropy / KL / student "
+    "entropy (random = control)",
+    paper=_WANG,
+)
 class CutMixPick(ExtraView):
     """CutMixPick. Builds a pool of ``m·B`` candidates from ``m`` independent CutMix draws of the batch (each
     with its own λ, box and derangement; the draws are exactly ``m`` calls of the ``cutmix`` view on the same
@@ -316,8 +362,9 @@ class CutMixPick(ExtraView):
         parts = [cut(inp) for _ in range(self.p.m)]
         cat = torch.cat
         y_mix = tuple(cat([pb.y_mix[i] for pb in parts]) for i in range(3))  # type: ignore[index]
-        return ViewBatch(x=cat([pb.x for pb in parts]), idx=cat([pb.idx for pb in parts]),
-                         y=cat([pb.y for pb in parts]), y_mix=y_mix)  # type: ignore[arg-type]
+        return ViewBatch(
+            x=cat([pb.x for pb in parts]), idx=cat([pb.idx for pb in parts]), y=cat([pb.y for pb in parts]), y_mix=y_mix
+        )  # type: ignore[arg-type]
 
     def _student_logits(self, student: nn.Module, x: torch.Tensor) -> torch.Tensor:
         flags = [(mod, mod.training) for mod in student.modules()]
@@ -357,14 +404,24 @@ class CutMixPick(ExtraView):
         kd = keep.to(pool.x.device)
         teacher = None
         if t_out is not None:
-            feats = {name: (v[kd.to(v.device)] if v.dim() and v.shape[0] == size else v)
-                     for name, v in t_out.feats.items()}
+            feats = {
+                name: (v[kd.to(v.device)] if v.dim() and v.shape[0] == size else v) for name, v in t_out.feats.items()
+            }
             teacher = TeacherOutput(t_out.logits[kd.to(t_out.logits.device)], feats)
         y_mix = tuple(t[kd.to(t.device)] for t in pool.y_mix)  # type: ignore[union-attr]
         kept_mean = float(scores[keep].mean()) if k else 0.0
         pool_mean = float(scores.mean()) if size else 0.0
-        stats = {"score_kept": kept_mean, "score_pool": pool_mean,
-                 "pick_ratio": kept_mean / pool_mean if pool_mean > 0 else 1.0,
-                 "lam": float(pool.y_mix[2][kd].mean()) if k else 1.0}  # type: ignore[index]
-        return ViewBatch(x=pool.x[kd], idx=pool.idx[kd.to(pool.idx.device)], y=pool.y[kd.to(pool.y.device)],
-                         y_mix=y_mix, teacher=teacher, stats=stats)  # type: ignore[arg-type]
+        stats = {
+            "score_kept": kept_mean,
+            "score_pool": pool_mean,
+            "pick_ratio": kept_mean / pool_mean if pool_mean > 0 else 1.0,
+            "lam": float(pool.y_mix[2][kd].mean()) if k else 1.0,
+        }  # type: ignore[index]
+        return ViewBatch(
+            x=pool.x[kd],
+            idx=pool.idx[kd.to(pool.idx.device)],
+            y=pool.y[kd.to(pool.y.device)],
+            y_mix=y_mix,
+            teacher=teacher,
+            stats=stats,
+        )  # type: ignore[arg-type]

@@ -121,18 +121,22 @@ class TextBackwardParams(ExtraParams):
 
     weight: float = Field(0.25, ge=0, description="λ_aux: weight of the objective on the auxiliary samples")
     targets: Literal["teacher"] = Field("teacher", description="always the teacher: never the original label")
-    space: Literal["embedding", "relaxed"] = Field("relaxed", description="ascend in embedding space or on relaxed "
-                                                   "(soft one-hot) tokens")
+    space: Literal["embedding", "relaxed"] = Field(
+        "relaxed", description="ascend in embedding space or on relaxed (soft one-hot) tokens"
+    )
     tau: float = Field(4.0, gt=0, description="temperature of the divergence that the ascent increases")
     steps: int = Field(1, ge=1, description="K, ascent steps per sample")
-    eta: float | None = Field(None, ge=0, description="step budget; None: 0.1 (embedding, fraction of the embedding "
-                              "norm) / 5.0 (relaxed)")
+    eta: float | None = Field(
+        None, ge=0, description="step budget; None: 0.1 (embedding, fraction of the embedding norm) / 5.0 (relaxed)"
+    )
     step_rule: StepRule = Field("l2", description="l2, sign or raw, as the backward view")
-    direction: Literal["gradient", "random"] = Field("gradient", description="random: a same-norm random "
-                                                     "direction (the control)")
+    direction: Literal["gradient", "random"] = Field(
+        "gradient", description="random: a same-norm random direction (the control)"
+    )
     fraction: float = Field(1.0, gt=0, le=1, description="fraction of the batch that gets an auxiliary sample")
-    special_ids: list[int] | None = Field(None, description="token ids never perturbed; None: the union of both "
-                                          "models' special_ids")
+    special_ids: list[int] | None = Field(
+        None, description="token ids never perturbed; None: the union of both models' special_ids"
+    )
     trim: bool = Field(True, description="drop trailing columns that are padding in every row before generating")
     stats_pass: bool = Field(True, description="one no-grad student forward for the d_after statistic")
 
@@ -140,9 +144,11 @@ class TextBackwardParams(ExtraParams):
 def _text_model(model: Any, role: str) -> Any:
     for attr in ("vocab_size", "pad_id", "embed_dim", "embed", "embedding_matrix"):
         if not hasattr(model, attr):
-            raise KDLabError(f"view 'backward_text' needs text models (kdlab.models.hf: hf_classifier, "
-                             f"text_transformer, text_cnn, bag_of_embeddings); the {role} "
-                             f"{type(model).__name__} has no {attr!r}")
+            raise KDLabError(
+                f"view 'backward_text' needs text models (kdlab.models.hf: hf_classifier, "
+                f"text_transformer, text_cnn, bag_of_embeddings); the {role} "
+                f"{type(model).__name__} has no {attr!r}"
+            )
     return model
 
 
@@ -150,8 +156,16 @@ def _with_flags(student: torch.nn.Module):
     return [(mod, mod.training) for mod in student.modules()]
 
 
-def generate(teacher: Any, student: torch.nn.Module, ids: torch.Tensor, params: TextBackwardParams,
-             gen: torch.Generator | None = None, *, ascent: bool = True, record: bool = False) -> dict[str, Any]:
+def generate(
+    teacher: Any,
+    student: torch.nn.Module,
+    ids: torch.Tensor,
+    params: TextBackwardParams,
+    gen: torch.Generator | None = None,
+    *,
+    ascent: bool = True,
+    record: bool = False,
+) -> dict[str, Any]:
     """Auxiliary inputs from the token ids ``ids`` (N×L). Returns ``x`` (the float input for both models),
     ``x0`` (its start), ``mask`` (perturbed positions, N×L bool), ``d_before`` (per sample), ``steps`` (with
     ``record``: each step before projection), ``s_after`` (student logits at x, no grad) and per-sample stats.
@@ -159,8 +173,11 @@ def generate(teacher: Any, student: torch.nn.Module, ids: torch.Tensor, params: 
     tmodel = _text_model(teacher.model, "teacher")
     smodel = _text_model(student, "student")
     p = params
-    special = set(p.special_ids) if p.special_ids is not None else (
-        set(getattr(smodel, "special_ids", ())) | set(getattr(tmodel, "special_ids", ())) | {smodel.pad_id})
+    special = (
+        set(p.special_ids)
+        if p.special_ids is not None
+        else (set(getattr(smodel, "special_ids", ())) | set(getattr(tmodel, "special_ids", ())) | {smodel.pad_id})
+    )
     ids = ids.long()
     if p.trim:
         real = (ids != smodel.pad_id).any(0).nonzero()
@@ -182,10 +199,13 @@ def generate(teacher: Any, student: torch.nn.Module, ids: torch.Tensor, params: 
                 raise KDLabError(
                     f"backward_text space: embedding feeds the student's input embeddings to the teacher, so both "
                     f"need the same embedding width; student {smodel.embed_dim}, teacher {tmodel.embed_dim} "
-                    "(use space: relaxed, which needs only a shared vocabulary)")
+                    "(use space: relaxed, which needs only a shared vocabulary)"
+                )
             if smodel.vocab_size != tmodel.vocab_size:
-                raise KDLabError("backward_text space: embedding needs teacher and student to share the tokenizer; "
-                                 f"vocabulary sizes differ ({tmodel.vocab_size} vs {smodel.vocab_size})")
+                raise KDLabError(
+                    "backward_text space: embedding needs teacher and student to share the tokenizer; "
+                    f"vocabulary sizes differ ({tmodel.vocab_size} vs {smodel.vocab_size})"
+                )
             with torch.no_grad():
                 x0 = smodel.embed(ids).detach().float()
             mask = active.unsqueeze(-1).to(x0.dtype)
@@ -195,17 +215,20 @@ def generate(teacher: Any, student: torch.nn.Module, ids: torch.Tensor, params: 
                 h = eta * ref / math.sqrt(x0.shape[-1])
             else:
                 h = eta
-            asc = SimpleNamespace(steps=p.steps, eta=h * p.steps, step_rule=p.step_rule, direction=p.direction,
-                                  ball=None, eps=None)
+            asc = SimpleNamespace(
+                steps=p.steps, eta=h * p.steps, step_rule=p.step_rule, direction=p.direction, ball=None, eps=None
+            )
             res = ascend(x0, div, asc, None, None, gen, mask=mask, ascent=ascent, record=record)
             x, d_before, steps_rec = res.x, res.d_before, res.steps
             step_norm = (x - x0).norm(dim=-1)
-            moved = (step_norm / x0.norm(dim=-1).clamp_min(1e-12))
+            moved = step_norm / x0.norm(dim=-1).clamp_min(1e-12)
         else:
             if smodel.vocab_size != tmodel.vocab_size:
-                raise KDLabError("backward_text space: relaxed feeds one token distribution to both models, so they "
-                                 f"must share the vocabulary; sizes differ ({tmodel.vocab_size} vs "
-                                 f"{smodel.vocab_size})")
+                raise KDLabError(
+                    "backward_text space: relaxed feeds one token distribution to both models, so they "
+                    f"must share the vocabulary; sizes differ ({tmodel.vocab_size} vs "
+                    f"{smodel.vocab_size})"
+                )
             V = smodel.vocab_size
             allowed = torch.ones(V, dtype=torch.bool, device=ids.device)
             allowed[special_t[special_t < V]] = False
@@ -247,7 +270,7 @@ def generate(teacher: Any, student: torch.nn.Module, ids: torch.Tensor, params: 
 @VIEWS.register(
     "backward_text",
     description="text auxiliary samples: ascent on KL(teacher‖student) in embedding or relaxed-token space "
-                "(reconstruction)",
+    "(reconstruction)",
     paper="Jafari, Rezagholizadeh & Ghodsi, arXiv 2301.12006 (backward-pass knowledge; our reconstruction)",
 )
 class TextBackward(ExtraView):
@@ -264,8 +287,10 @@ class TextBackward(ExtraView):
         if inp.teacher is None:
             raise KDLabError("view 'backward_text' needs a teacher (the divergence is teacher vs student)")
         if inp.x.is_floating_point() or inp.x.dim() != 2:
-            raise KDLabError("view 'backward_text' works on token ids (an int64 N×L batch from a text dataset such "
-                             "as tweets or glue); for images use the 'backward' view")
+            raise KDLabError(
+                "view 'backward_text' works on token ids (an int64 N×L batch from a text dataset such "
+                "as tweets or glue); for images use the 'backward' view"
+            )
         sub = _subset(len(inp.x), self.p.fraction, inp.gen, inp.x.device)
         ids = inp.x if sub is None else inp.x[sub]
         idx = inp.idx if sub is None else inp.idx[sub.to(inp.idx.device)]
