@@ -94,6 +94,6 @@ def carry_over(prev: nn.ModuleList, new: nn.ModuleList) -> None:
     paraphraser, pre-trained in stage 1 and used in stage 2)."""
     for old_obj, new_obj in zip(prev, new):
         for label, term in new_obj.terms.items():
-            old = old_obj.terms.get(label)
+            old = old_obj.terms[label] if label in old_obj.terms else None  # noqa: SIM401  (a ModuleDict has no get)
             if old is not None and type(old) is type(term):
                 term.load_state_dict(old.state_dict(), strict=False)

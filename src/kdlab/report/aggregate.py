@@ -325,7 +325,7 @@ def param_count(run_dir: str | Path) -> int | None:
         return None
     n = 0
     with safe_open(str(path), framework="pt") as f:
-        for k in f:
+        for k in f.keys():  # noqa: SIM118  (safe_open is not iterable)
             if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
                 continue
             n += math.prod(f.get_slice(k).get_shape())
