@@ -339,3 +339,10 @@ def test_overrides_may_follow_options_on_the_command_line(monkeypatch):
     assert seen["recipe"] == ["a.yaml", "seed=3"]
     with pytest.raises(SystemExit):
         main(["study", "s.yaml", "--bogus"])
+
+
+def test_a_teacher_that_no_term_needs_is_not_run_in_the_step(tmp_path):
+    """A CE baseline keeps its teacher for the agreement and KL(T||S) metrics only: no teacher pass per step."""
+    s = run_recipe(recipe(tmp_path, objective={"ce": {}}), quiet=True)
+    rec = json.loads((tmp_path / "kd" / "seed1" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["cost/teacher_passes"] == 0.0 and "test/agree" in rec and s["teacher"]["test/top1"] > 0

@@ -121,8 +121,10 @@ def _step(
         stats.update({f"view/{name}/{k}": v for k, v in vb.stats.items()})
     inputs = [x if vb is None else vb.x for _, vb, _, _ in batches]
     t_outs = []
+    # A teacher given only for the held-out metrics (a CE baseline, a DML cohort run) is never run in the step.
+    wanted = any(obj.needs_teacher for obj in objectives)
     for j, (_, vb, _, targets) in enumerate(batches):
-        if not teachers or targets == "labels":
+        if not teachers or not wanted or targets == "labels":
             t_outs.append([])
         elif vb is None:  # the clean batch: a cache lookup or a live forward
             t_outs.append([t.clean(batch) for t in teachers])
