@@ -71,8 +71,8 @@ class Pipeline:
         self.sample_shape = tuple(sample_shape)
         self.memory_format = memory_format
         self.table: torch.Tensor | None = None
-        self.widths = [len(r) for r in (_radices(self.augment, self.sample_shape) or [])]
         cols = _radices(self.augment, self.sample_shape)
+        self.widths = [len(r) for r in cols or []]
         self.radices: list[int] | None = None if cols is None else [r for c in cols for r in c]
 
     # ---------------------------------------------------------------------------------------------- view table

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from kdlab.engine.checkpoint import atomic_write
+from kdlab.engine.progress import show_bar
 from kdlab.errors import KDLabError
 from kdlab.teachers.base import FEATURES, LOGITS, TeacherOutput
 
@@ -480,11 +481,7 @@ def _store(
 
 
 def _progress(show: bool | None, total: float, label: str) -> Any:
-    import sys
-
-    if show is None:
-        show = sys.stderr.isatty()
-    if not show or total == 0:
+    if not show_bar(show) or total == 0:
         return None
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -11,12 +11,12 @@ serves the clean batch instead and a note says so; with an explicit path that is
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kdlab.data.decoded import cache_root
 from kdlab.engine.batch import make_pipeline
 from kdlab.engine.checkpoint import fit_weights, read_weights
 from kdlab.engine.devices import memory_format_for, pick_device, teacher_autocast
@@ -39,7 +39,8 @@ def objective_teacher_taps(recipe: Recipe) -> list[str]:
 
 
 def cache_home() -> Path:
-    return Path(os.environ.get("KDLAB_CACHE") or Path.home() / ".cache" / "kdlab") / "teacher-cache"
+    """Caches of model/checkpoint teachers: beside the decoded images, under ``$KDLAB_CACHE`` or ~/.cache/kdlab."""
+    return cache_root() / "teacher-cache"
 
 
 def _augment(recipe: Recipe) -> list[dict]:
@@ -75,13 +76,14 @@ def ensure_cache(
     *,
     quiet: bool = True,
     progress: bool | None = None,
-) -> Path:
-    """The cache folder, built first if it is missing or unfinished (resumable), under a lock so that two
-    processes wanting the same cache build it once."""
+) -> tuple[Path, dict[str, str]]:
+    """(folder, fingerprint) of the cache, built first if it is missing or unfinished (resumable), under a lock
+    so that two processes wanting the same cache build it once. The fingerprint hashes the teacher's weights and
+    the training inputs, so callers reuse it rather than computing it again."""
     path, fp = cache_plan(recipe, spec, dataset, live, device)
     meta = read_meta(path)
     if meta is not None and meta.get("complete"):
-        return path
+        return path, fp
     live.to(device, memory_format_for(recipe.train, tuple(dataset.input_shape), device))
     live.autocast = teacher_autocast(recipe.train, device)
     with folder_lock(path, wait=True, what="teacher cache"):
@@ -98,7 +100,7 @@ def ensure_cache(
             show=(lambda *_: None) if quiet else print,
             progress=progress,
         )
-    return path
+    return path, fp
 
 
 def load_teacher(spec: TeacherSpec, dataset: Any, *, name: str = "teacher", quiet: bool = True) -> LiveTeacher:
@@ -168,10 +170,9 @@ def build_teachers(recipe: Recipe, dataset: Any, device: torch.device, *, quiet:
             continue
         if spec.cache.path == "auto":
             assert live is not None
-            path = ensure_cache(recipe, spec, dataset, live, device, quiet=quiet)
+            path, expected = ensure_cache(recipe, spec, dataset, live, device, quiet=quiet)
         else:
-            path = Path(spec.cache.path)
-        _, expected = cache_plan(recipe, spec, dataset, live, device)
+            path, expected = cache_plan(recipe, spec, dataset, live, device)
         out.append(
             CachedTeacher(path, live=live, placement=spec.cache.placement, device=device, name=name, expected=expected)
         )
@@ -198,7 +199,7 @@ def build_for_recipe(recipe: Recipe, *, teacher: int = 0, out: str | None = None
     device = pick_device(recipe.train.device)
     dataset = build_data(recipe)
     live = live_teacher(recipe, spec, dataset, f"teacher{teacher}", quiet=False)
-    return ensure_cache(recipe, spec, dataset, live, device, quiet=False, progress=progress)
+    return ensure_cache(recipe, spec, dataset, live, device, quiet=False, progress=progress)[0]
 
 
 def prebuild_caches(recipes: list[Recipe], log: Any = print) -> dict[int, str]:
