@@ -14,6 +14,7 @@ from kdlab.capture import probe_shapes
 from kdlab.errors import KDLabError
 from kdlab.methods.base import FitData, Objective, SetupInfo
 from kdlab.recipe import TermSpec
+from kdlab.teachers.base import LIVE
 
 
 def check_teacher_needs(obj: Objective, teachers: Sequence[Any], extra_views: Sequence[tuple[str, Any]]) -> None:
@@ -29,13 +30,13 @@ def check_teacher_needs(obj: Objective, teachers: Sequence[Any], extra_views: Se
                     f"{getattr(t, 'path', '')} does not store; add them to teacher.cache.taps and "
                     "rebuild, or drop `cache:`"
                 )
-            if getattr(term, "needs_live_teacher", False) and t.live is None:
+            if getattr(term, "needs_live_teacher", False) and LIVE not in t.capabilities:
                 raise KDLabError(
                     f"term {label!r} runs the teacher on new inputs, but teacher {i} is a cache "
                     "only; give the teacher `run:` or `model:` next to `cache:`"
                 )
         for name, view in extra_views:
-            if view.p.targets == "teacher" and t.live is None:
+            if view.p.targets == "teacher" and LIVE not in t.capabilities:
                 raise KDLabError(
                     f"view {name!r} needs the teacher on new inputs, but teacher {i} is a cache "
                     "only; give the teacher `run:` or `model:` next to `cache:`"

@@ -249,9 +249,6 @@ class Trainer:
         recipe carves one (``data.val_fraction``): then the best epoch is chosen on validation, not test."""
         return self.evaluator(self.rank0_students)
 
-    def teacher_eval_logits(self) -> torch.Tensor | None:
-        return self.evaluator.teacher_logits()
-
     @torch.no_grad()
     def teacher_features(self, taps: list[str]) -> dict[str, torch.Tensor]:
         """The first teacher's features at ``taps`` over the training split, in order, without augmentation."""
