@@ -18,7 +18,10 @@ from pathlib import Path
 Arm = tuple[list[str], list[str]]
 
 
-def _job(job: tuple[list[str], list[str], bool]) -> str:
+def _job(job: tuple[list[str], list[str], bool, float | None]) -> str | None:
+    files, overrides, force, deadline = job
+    if deadline is not None and time.time() > deadline:
+        return None  # past the budget: not started (a rerun without the budget trains it)
     os.environ["KDLAB_THREADS"] = "1"
     import torch
 
@@ -26,25 +29,31 @@ def _job(job: tuple[list[str], list[str], bool]) -> str:
     from kdlab.engine import run_recipe
     from kdlab.recipe import load_recipe
 
-    files, overrides, force = job
     recipe = load_recipe(files, overrides)
     run_recipe(recipe, existing="overwrite" if force else "resume", quiet=True)
     return str(recipe.run_dir())
 
 
 def run_arms(
-    arms: dict[str, Arm], seeds: list[int], out: str | Path, *, workers: int = 2, force: bool = False
+    arms: dict[str, Arm],
+    seeds: list[int],
+    out: str | Path,
+    *,
+    workers: int = 2,
+    force: bool = False,
+    deadline: float | None = None,
 ) -> list[Path]:
+    """The finished run folders; with a ``deadline`` (``time.time()``), runs not started by then are left out."""
     from kdlab.engine.run import load_teacher
     from kdlab.recipe import load_recipe
 
     jobs = []
     for label, (files, overrides) in arms.items():
         for seed in seeds:
-            jobs.append((files, [*overrides, f"name={label}", f"out={out}", f"seed={seed}"], force))
+            jobs.append((files, [*overrides, f"name={label}", f"out={out}", f"seed={seed}"], force, deadline))
     # Teachers first, sequentially, so that two workers never train the same teacher at once.
     seen = set()
-    for files, overrides, _ in jobs:
+    for files, overrides, *_ in jobs:
         r = load_recipe(files, overrides)
         for t in r.teachers:
             if t.run and t.run not in seen:
@@ -55,12 +64,19 @@ def run_arms(
     # Teacher caches (teacher.cache=auto) next, once each, so that the workers only read them.
     from kdlab.teachers.load import prebuild_caches
 
-    prebuild_caches([load_recipe(f, o) for f, o, _ in jobs])
+    prebuild_caches([load_recipe(f, o) for f, o, *_ in jobs])
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
-        return [Path(p) for p in ex.map(_job, jobs)]
+        return [Path(p) for p in ex.map(_job, jobs) if p is not None]
 
 
-def report(run_dirs: list[Path], out: str | Path, baseline: str | None, title: str, started: float) -> str:
+def report(
+    run_dirs: list[Path],
+    out: str | Path,
+    baseline: str | None,
+    title: str,
+    started: float,
+    setting: str = "1 thread per run, 2 runs at a time",
+) -> str:
     from kdlab.report import write_report
 
     rep = write_report(run_dirs, Path(out) / "report", baseline=baseline)
@@ -69,7 +85,7 @@ def report(run_dirs: list[Path], out: str | Path, baseline: str | None, title: s
 
     header = (
         f"### {title}\n\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, 1 thread per run, 2 runs at a time; wall time {time.time() - started:.0f} s.\n"
+        f"{torch.__version__}, {setting}; wall time {time.time() - started:.0f} s.\n"
     )
     text = f"{header}\n{table}\n"
     print(text)

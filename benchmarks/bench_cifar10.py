@@ -1,10 +1,11 @@
 """Evidence on natural images: the catalogue and the four papers' claims on CIFAR-10 (JPEG copy), CPU-sized.
 
 Protocol (recipes/cifar10/cpu-resnet20-resnet8.yaml): teacher resnet20 trained by kdlab on the full training
-split (50,000 images, 15 epochs); student resnet8 (78 k parameters) on a fixed stratified 10,000-image subset,
-20 epochs, batch 64, SGD lr 0.05 (x0.1 at 12, 16), crop (pad 4) + flip; evaluated on the full 10,000-image test
-split. The teacher's soft labels come from one exact cache (all 162 crop/flip views of each training image),
-built once and read by every KD-type run and seed. Tables (``--tables``, all by default):
+split (50,000 images, 15 epochs); student resnet8 (78 k parameters) on a fixed stratified 5,000-image subset,
+15 epochs, batch 64, SGD lr 0.05 (x0.1 at 9, 12), crop (pad 4) + flip; scored on the full 10,000-image test
+split every 3 epochs (best and last). The teacher's soft labels come from one exact cache (all 162 crop/flip
+views of each training image), built once and read by every KD-type run and seed.
+Tables (``--tables``, all by default):
 
   pilot         CE and KD: KD's gain must exceed the seed spread before the rest is worth running
   catalogue     CE, KD, DKD, CRD, FitNet, AT, SP, RKD, DML, BSS
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from _runner import report, run_arms
@@ -101,30 +103,79 @@ CORRUPTIONS = {
 TEACHER = "recipes/cifar10/teachers/resnet20-cpu.yaml"
 
 
-def train_teachers(data: list[str], teachers: str, epochs: int, beyond: bool, subset: list[str]) -> None:
+@dataclass
+class Profile:
+    """A scale of the benchmark: the student's training subset, its epochs and the runs' shared overrides."""
+
+    subset: int | None  # student (and corrupted-teacher) training images; None: all 50,000
+    epochs: int  # student epochs
+    teachers: str  # folder of the teachers' runs
+    out: str
+    overrides: list[str] = field(default_factory=list)  # every run, teachers included
+    student: list[str] = field(default_factory=list)  # every student run
+    teacher: list[str] = field(default_factory=list)  # every teacher run (its schedule)
+    seeds: list[int] | None = None  # forced seeds (the smoke run's single seed)
+    workers: int = 2
+    setting: str = "1 thread per run, 2 runs at a time"
+
+    def describe(self) -> str:
+        n = "all 50,000" if self.subset is None else f"{self.subset:,}"
+        return f"{n} training images, {self.epochs} epochs"
+
+
+PROFILES = {
+    # ~6 h of 2-core wall time in all (RESULTS.md), resumed as often as needed
+    "cpu": Profile(5000, 15, "runs/cifar10-cpu/teachers", "runs/bench/cifar10-cpu"),
+    # every arm end to end in minutes; accuracies are meaningless
+    "smoke": Profile(
+        2000,  # imbalance 100 needs >= 100 per class
+        1,
+        "runs/cifar10-cpu-smoke/teachers",
+        "runs/bench/cifar10-cpu-smoke",
+        overrides=["data.kwargs.train_subset=2000", "data.kwargs.test_subset=500", "schedule.epochs=1"],
+        student=["schedule.milestones=[]", "teacher.cache={path: auto, views: 2}"],
+        teacher=["schedule.milestones=[]"],
+        seeds=[0],
+    ),
+    # benchmarks/gpu/cifar10.sh: all 50,000 images, twice the CPU schedule, many runs at once on one GPU
+    "gpu": Profile(
+        None,
+        30,
+        "runs/cifar10-gpu/teachers",
+        "runs/bench/cifar10-gpu",
+        student=["data.kwargs.train_subset=null", "schedule.epochs=30", "schedule.milestones=[18,24]"],
+        teacher=["schedule.epochs=30", "schedule.milestones=[16,24]"],
+        workers=6,
+        setting="one GPU shared by 6 runs at a time",
+    ),
+}
+
+
+def train_teachers(data: list[str], prof: Profile, beyond: bool) -> None:
     """The clean teacher (full training split) and, for ``beyond``, resnet20 on the student's corrupted subset,
     early-stopped on its validation split. Finished ones are reused."""
     from kdlab.engine import run_recipe
     from kdlab.recipe import load_recipe
 
-    jobs = [("resnet20", [*data, *subset, f"schedule.epochs={epochs}"])]
+    jobs = [("resnet20", [*data, *prof.overrides, *prof.teacher])]
     if beyond:
         for cell, corr in CORRUPTIONS.items():
+            subset = "null" if prof.subset is None else prof.subset
             jobs.append(
                 (
                     cell,
                     [
                         *data,
-                        "data.kwargs.train_subset=10000",
-                        *subset,
+                        *prof.overrides,
+                        *prof.teacher,
+                        f"data.kwargs.train_subset={subset}",
                         f"data.corruption={corr}",
                         "data.val_fraction=0.1",
-                        f"schedule.epochs={epochs}",
                     ],
                 )
             )
     for name, over in jobs:
-        run_recipe(load_recipe([TEACHER], [*over, f"name={name}", f"out={teachers}"]), quiet=False)
+        run_recipe(load_recipe([TEACHER], [*over, f"name={name}", f"out={prof.teachers}"]), quiet=False)
 
 
 def main() -> None:
@@ -132,40 +183,39 @@ def main() -> None:
     p.add_argument("--tables", default="pilot,catalogue,augmentation,backward,letkd,beyond")
     p.add_argument("--seeds", default="0-2")
     p.add_argument("--data", default="../shared/data/cifar10-jpeg", help="folder of the two .tar.gz archives")
-    p.add_argument("--out", default="runs/bench/cifar10-cpu")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="cpu (the recorded tables), gpu, smoke")
+    p.add_argument("--smoke", action="store_true", help="same as --profile smoke (2,000 images, 1 epoch, seed 0)")
+    p.add_argument("--out", default=None, help="results folder (default: the profile's)")
+    p.add_argument("--workers", type=int, default=None, help="runs at a time (default: the profile's)")
+    p.add_argument("--budget-s", type=float, default=None, help="start no new run after this many seconds")
     p.add_argument("--force", action="store_true")
-    p.add_argument(
-        "--smoke", action="store_true", help="2,000 training and 500 test images, 1 epoch, seed 0, 2 cached views"
-    )
     a = p.parse_args()
+    prof = PROFILES["smoke" if a.smoke else a.profile]
     lo, _, hi = a.seeds.partition("-")
-    seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in a.seeds.split(",")]
+    seeds = prof.seeds or (list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in a.seeds.split(",")])
+    out, workers = a.out or prof.out, a.workers or prof.workers
+    deadline = None if a.budget_s is None else time.time() + a.budget_s
     data = [f"data.kwargs.root={Path(a.data).resolve()}"]
-    teachers, epochs, teacher_epochs, subset, small = "runs/cifar10-cpu/teachers", 20, 15, [], []
-    if a.smoke:
-        seeds, a.out, teachers, epochs, teacher_epochs = [0], a.out + "-smoke", "runs/cifar10-cpu-smoke/teachers", 1, 1
-        subset = [
-            "data.kwargs.train_subset=2000",
-            "data.kwargs.test_subset=500",
-        ]  # imbalance 100 needs >= 100 per class
-        small = [*subset, "schedule.epochs=1", "schedule.milestones=[]", "teacher.cache={path: auto, views: 2}"]
     names = a.tables.split(",")
-    train_teachers(data, teachers, teacher_epochs, "beyond" in names, subset)
-    clean = [f"teacher.run={teachers}/resnet20/seed0", "teacher.recipe=null"]
-    common = [*data, *clean, "train.tensorboard=false", "train.progress=false", *small]
+    train_teachers(data, prof, "beyond" in names)
+    clean = [f"teacher.run={prof.teachers}/resnet20/seed0", "teacher.recipe=null"]
+    common = [*data, *prof.overrides, *clean, "train.tensorboard=false", "train.progress=false", *prof.student]
     for name in names:
-        arms = {k: (f, [*common, *o]) for k, (f, o) in tables(epochs, teachers)[name].items()}
+        arms = {k: (f, [*common, *o]) for k, (f, o) in tables(prof.epochs, prof.teachers)[name].items()}
         started = time.time()
-        dirs = run_arms(arms, seeds, f"{a.out}/{name}", workers=a.workers, force=a.force)
+        dirs = run_arms(arms, seeds, f"{out}/{name}", workers=workers, force=a.force, deadline=deadline)
+        if not dirs:
+            print(f"{name}: no run finished within the budget")
+            continue
         base = "ce" if "ce" in arms else ("kd" if "kd" in arms else None)
         report(
             dirs,
-            f"{a.out}/{name}",
+            f"{out}/{name}",
             base,
             started=started,
-            title=f"CIFAR-10 (JPEG copy), {name}: resnet20 -> resnet8, "
-            + ("SMOKE (2,000 training images, 1 epoch)" if a.smoke else f"10,000 training images, {epochs} epochs")
+            setting=prof.setting,
+            title=f"CIFAR-10 (JPEG copy), {name}: resnet20 -> resnet8, {prof.describe()}"
+            + (" (SMOKE)" if prof.seeds else "")
             + f", seeds {','.join(map(str, seeds))}",
         )
 

@@ -94,7 +94,7 @@ def write_run(root: Path, label: str, seed: int) -> Path:
         "name": label,
         "seed": seed,
         "epochs": EPOCHS,
-        "wall_s": 4.0,
+        "wall_s": 60.0 * (1 + seed),
         "final": tests(EPOCHS),
         "best": tests(best_ep),
         "status": "finished",
@@ -220,6 +220,7 @@ def test_markdown_table(runs: Path):
     assert f"{statistics.mean(last):.2f} ± {statistics.stdev(last):.2f}" in kd_line
     assert "92.00 ± 2.00" in kd_line  # agreement in %
     assert "0.250 ± 0.050" in kd_line  # KL in nats, 3 decimals
+    assert "run time (min)" in lines[0] and "2.0 ± 1.0" in kd_line  # wall 60, 120, 180 s
     # the gain is on the last epoch (the best one is picked on test without a validation split)
     gain = statistics.mean(last) - statistics.mean(100 * CURVES[("ce", s)][-1] for s in range(3))
     assert kd_line.rstrip(" |").endswith(f"{gain:+.2f}") and "last-epoch gain vs ce (pp)" in lines[0]

@@ -29,6 +29,7 @@ STATS: dict[str, tuple[str, str]] = {
     "last_kl_ts": ("final", "test/kl_ts"),
     "last_ece": ("final", "test/ece"),
     "teacher_top1": ("teacher", "test/top1"),
+    "wall_s": ("", "wall_s"),  # "" is the summary's top level: the run's wall time
 }
 
 
@@ -44,8 +45,9 @@ class RunRecord:
     recipe: dict[str, Any] = field(default_factory=dict)
 
     def value(self, section: str, key: str) -> float | None:
-        """``summary[section][key]`` as a float, or None when the run did not log it."""
-        sec = self.summary.get(section)
+        """``summary[section][key]`` (``summary[key]`` for section ``""``) as a float, or None when the run did
+        not log it."""
+        sec = self.summary if section == "" else self.summary.get(section)
         if not isinstance(sec, dict):
             return None
         v = sec.get(key)

@@ -32,6 +32,7 @@ COLUMNS: list[Column] = [
     Column("last_ece", "ECE (%)", 100.0, 2),
 ]
 TEACHER = Column("teacher_top1", "teacher top-1 (%)", 100.0, 2)
+WALL = Column("wall_s", "run time (min)", 1 / 60, 1)
 # The gain is on the last epoch: the best epoch is picked on the test set itself unless the run has a
 # validation split, so a best-epoch gain is optimistically biased (most for noisy, small test sets).
 GAIN_KEY = "last_top1"
@@ -62,6 +63,8 @@ def _layout(rows: Sequence[Row], baseline: str | None) -> tuple[list[Row], list[
     cols = list(COLUMNS)
     if any(r.get(TEACHER.key) is not None for r in rows):
         cols.append(TEACHER)  # only when some run was distilled from a teacher
+    if any(r.get(WALL.key) is not None for r in rows):
+        cols.append(WALL)
     headers = ["method", "seeds"] + [c.header for c in cols]
     if baseline is not None:
         headers.append(f"last-epoch gain vs {baseline} (pp)")
