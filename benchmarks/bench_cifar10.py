@@ -116,11 +116,11 @@ class Profile:
     teacher: list[str] = field(default_factory=list)  # every teacher run (its schedule)
     seeds: list[int] | None = None  # forced seeds (the smoke run's single seed)
     workers: int = 2
-    setting: str = "1 thread per run, 2 runs at a time"
+    setting: str = "1 thread per run, {workers} runs at a time"
 
     def describe(self) -> str:
         n = "all 50,000" if self.subset is None else f"{self.subset:,}"
-        return f"{n} training images, {self.epochs} epochs"
+        return f"{n} training images, {self.epochs} epoch{'s' * (self.epochs > 1)}"
 
 
 PROFILES = {
@@ -146,7 +146,7 @@ PROFILES = {
         student=["data.kwargs.train_subset=null", "schedule.epochs=30", "schedule.milestones=[18,24]"],
         teacher=["schedule.epochs=30", "schedule.milestones=[16,24]"],
         workers=6,
-        setting="one GPU shared by 6 runs at a time",
+        setting="one GPU shared by {workers} runs at a time",
     ),
 }
 
@@ -213,7 +213,7 @@ def main() -> None:
             f"{out}/{name}",
             base,
             started=started,
-            setting=prof.setting,
+            setting=prof.setting.format(workers=workers),
             title=f"CIFAR-10 (JPEG copy), {name}: resnet20 -> resnet8, {prof.describe()}"
             + (" (SMOKE)" if prof.seeds else "")
             + f", seeds {','.join(map(str, seeds))}",

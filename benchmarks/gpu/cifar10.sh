@@ -26,5 +26,7 @@ export KDLAB_CACHE=${KDLAB_CACHE:-/tmp/kdlab-gpu-check-cache}
   | tee "$OUT/cifar10.log"
 timeout 530 "$PY" benchmarks/bench_cifar10.py --profile gpu --data data/cifar10-jpeg --budget-s "${BUDGET_S:-400}" \
   --out "$OUT/cifar10" "$@" 2>&1 | tee -a "$OUT/cifar10.log"
-# keep the tables, not the runs' weights
+rc=${PIPESTATUS[0]}
+# keep the tables and logs, not the runs' weights
 find "$OUT/cifar10" -name '*.safetensors' -delete 2>/dev/null || true
+exit "$rc"
