@@ -346,3 +346,14 @@ def test_a_teacher_that_no_term_needs_is_not_run_in_the_step(tmp_path):
     s = run_recipe(recipe(tmp_path, objective={"ce": {}}), quiet=True)
     rec = json.loads((tmp_path / "kd" / "seed1" / "metrics.jsonl").read_text().splitlines()[-1])
     assert rec["cost/teacher_passes"] == 0.0 and "test/agree" in rec and s["teacher"]["test/top1"] > 0
+
+
+def test_a_build_without_a_terminal_prints_a_line_per_tenth_and_none_when_asked_not_to(tmp_path, capsys):
+    r = recipe(tmp_path, cache={"path": str(tmp_path / "c"), "shard": 500})
+    main(["cache", "build", *_as_files(tmp_path, r)])  # pytest's stdout/stderr are not terminals
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "% (" in ln]
+    assert [ln.split(": ")[1].split(" ")[0] for ln in lines] == [f"{p}%" for p in range(10, 101, 10)]
+    assert all("views/s" in ln and ln.startswith("teacher cache (enumerated, 18 views)") for ln in lines)
+    r2 = recipe(tmp_path, cache={"path": str(tmp_path / "d")})
+    main(["cache", "build", *_as_files(tmp_path, r2), "--no-progress"])
+    assert "% (" not in capsys.readouterr().out
