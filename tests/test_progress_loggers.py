@@ -159,3 +159,29 @@ def test_mlflow_local_file_store(tmp_path, monkeypatch):
     info = client.get_run(rid)
     assert info.data.params["schedule.epochs"] == "3" and info.info.status == "FINISHED"
     assert info.info.run_name == "ce-seed0"
+
+
+def test_task_bar_lines_per_tenth_a_bar_when_asked_and_nothing_when_off():
+    import io
+
+    from rich.console import Console
+
+    from kdlab.engine import progress as P
+
+    seen: list[str] = []
+    bar = P.TaskBar("decoding x", 1000, lines=seen.append, unit="images")  # not a terminal under pytest
+    for _ in range(40):
+        bar.advance(25)
+    bar.stop()
+    assert [s.split(": ")[1].split(" ")[0] for s in seen] == [f"{p}%" for p in range(10, 101, 10)]
+    assert "images/s" in seen[0] and seen[-1].endswith("0 s left)")
+    off: list[str] = []
+    quiet = P.TaskBar("x", 10, setting=False, lines=off.append)
+    quiet.advance(10)
+    assert off == [] and quiet.bar is None
+    out = io.StringIO()
+    shown = P.TaskBar("cache", 4, setting=True, lines=off.append, console=Console(file=out, force_terminal=True))
+    assert shown in P._ACTIVE  # Ctrl-C stops it
+    shown.advance(4)
+    shown.stop()
+    assert off == [] and shown not in P._ACTIVE and "cache" in out.getvalue()

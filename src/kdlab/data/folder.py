@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from kdlab.data.base import Dataset, Split
 from kdlab.data.builtin import apply_subsets, channel_stats
 from kdlab.data.decoded import cache_root, file_sha256, folder_fingerprint, uint8_channel_stats
 from kdlab.data.loader import StreamSplit
+from kdlab.engine.progress import TaskBar
 from kdlab.errors import KDLabError
 from kdlab.registry import DATASETS
 
@@ -219,39 +221,31 @@ def _decode_uint8(
         return len(idx)
 
     t0 = time.perf_counter()
-    tty = sys.stderr.isatty()
-    bar = None
-    if tty and len(sources) > 256:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(
-            TextColumn(f"decoding {label}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        bar.start()
-        task = bar.add_task("decode", total=len(sources))
-    elif len(sources) > 256:
+    big = len(sources) > 256
+    bar = TaskBar(
+        f"decoding {label}", len(sources) if big else 0, unit="images", console=_stderr_console() if big else None
+    )
+    if big and bar.bar is None:
         print(f"kdlab: decoding {len(sources):,} images of {label} once (a uint8 copy is cached)", file=sys.stderr)
     try:
         if n > 1 and len(sources) > 64:
             with ThreadPoolExecutor(n) as pool:
                 for done in pool.map(work, chunks):
-                    if bar is not None:
-                        bar.advance(task, done)
+                    bar.advance(done)
         else:
             for idx in chunks:
-                work(idx)
+                bar.advance(work(idx))
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()
     if len(sources) > 256:
         print(f"kdlab: decoded {len(sources):,} images of {label} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return out
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _to_split(x: np.ndarray, y: np.ndarray) -> Split:

@@ -88,6 +88,62 @@ class NoBar:
         pass
 
 
+class TaskBar:
+    """Progress of one long task that is not an epoch (decoding images, building a teacher cache): a rich bar
+    on a terminal; elsewhere, when ``lines`` is given, one line per tenth with the rate and the time left, so
+    that a log shows the task alive; else nothing. ``advance(n)`` counts ``unit``s done."""
+
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        setting: bool | None = None,
+        lines: Callable[[str], Any] | None = None,
+        unit: str = "items",
+        console: Any = None,
+    ):
+        self.label, self.total, self.unit, self.lines = label, total, unit, lines
+        self.done, self.next_tenth, self.t0 = 0, 1, time.monotonic()
+        self.bar: Any = None
+        if total > 0 and show_bar(setting) and not _SILENT:
+            from rich.markup import escape
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn(escape(label)),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self.task = self.bar.add_task(label, total=total)
+            self.bar.start()
+            _ACTIVE.append(self)
+        elif setting is False or total <= 0:
+            self.lines = None
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+            return
+        while self.lines is not None and self.next_tenth <= 10 and 10 * self.done >= self.next_tenth * self.total:
+            dt = max(time.monotonic() - self.t0, 1e-9)
+            left = (self.total - self.done) * dt / max(self.done, 1)
+            self.lines(
+                f"{self.label}: {10 * self.next_tenth}% ({self.done / dt:,.0f} {self.unit}/s, {left:.0f} s left)"
+            )
+            self.next_tenth += 1
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            if self in _ACTIVE:
+                _ACTIVE.remove(self)
+
+
 def show_bar(setting: bool | None, stream: TextIO | None = None) -> bool:
     stream = stream or sys.stderr
     return bool(setting) if setting is not None else bool(getattr(stream, "isatty", lambda: False)())

@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 from kdlab.engine.checkpoint import atomic_write
-from kdlab.engine.progress import show_bar
+from kdlab.engine.progress import TaskBar
 from kdlab.errors import KDLabError
 from kdlab.teachers.base import FEATURES, LOGITS, TeacherOutput
 
@@ -396,7 +395,7 @@ def build(
     kinds += [f"feat-{_tap_file(t)}" for t in taps]
     todo = [s for s in range(shards) if not all((path / f"{k}-{s:05d}.npy").exists() for k in kinds)]
     views_todo = sum(min(n, (s + 1) * shard) - s * shard for s in todo) * v
-    bar = _progress(progress, len(todo) * v, f"teacher cache ({mode}, {v} views)", show, views_todo)
+    bar = TaskBar(f"teacher cache ({mode}, {v} views)", views_todo, setting=progress, lines=show, unit="views")
     try:
         for s in todo:
             lo, hi = s * shard, min(n, (s + 1) * shard)
@@ -412,8 +411,7 @@ def build(
                         xr = pipeline.at(x, rows[j].to(device))
                     res = teacher(xr)
                     _store(out, res, local.cpu().numpy(), j, hi - lo, v, c, spec, dtype, taps)
-                    if bar is not None:
-                        bar.advance(bar.task_ids[0], len(x) / max(1, hi - lo))
+                    bar.advance(len(x))
             for k, arr in out.items():
                 _save_npy(path / f"{k}-{s:05d}.npy", arr)
         for name in ("test", "val"):
@@ -424,8 +422,7 @@ def build(
             ev = torch.cat([teacher(pipeline.prepare(x.to(device))).logits.cpu() for x, _, _ in loader.iter_epoch(0)])
             _save_npy(path / f"eval-{name}.npy", ev.numpy().astype(np.float32))
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()
     meta = {
         "version": VERSION,
         "complete": True,
@@ -480,39 +477,3 @@ def _store(
         put("logits", logits, dtype)
     for t in taps:
         put(f"feat-{_tap_file(t)}", res.feats[t].float(), dtype)
-
-
-class _Lines:
-    """The build's progress without a terminal (a log file, a job): one line per tenth, with the rate, so that
-    a long build is visibly alive; the same ``advance``/``stop`` calls as rich's bar."""
-
-    task_ids = (0,)
-
-    def __init__(self, total: float, label: str, show: Any, views: int):
-        self.total, self.label, self.show, self.views = total, label, show, views
-        self.done, self.next, self.t0 = 0.0, 0.1, time.monotonic()
-
-    def advance(self, _task: int, amount: float) -> None:
-        self.done += amount
-        while self.done >= self.next * self.total - 1e-9 and self.next <= 1.0 + 1e-9:
-            dt = max(time.monotonic() - self.t0, 1e-9)
-            rate = self.done / self.total * self.views / dt
-            left = (self.total - self.done) / max(self.done, 1e-9) * dt
-            self.show(f"{self.label}: {100 * self.next:.0f}% ({rate:,.0f} views/s, {left:.0f} s left)")
-            self.next += 0.1
-
-    def stop(self) -> None:
-        pass
-
-
-def _progress(setting: bool | None, total: float, label: str, show: Any = None, views: int = 0) -> Any:
-    if total == 0:
-        return None
-    if not show_bar(setting):
-        return None if show is None or setting is False else _Lines(total, label, show, views)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    p = Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn())
-    p.add_task(label, total=total)
-    p.start()
-    return p
