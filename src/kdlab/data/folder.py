@@ -328,7 +328,10 @@ def imagefolder(
         raise KDLabError(f"dataset 'imagefolder' needs root= a folder or archive with the layout {FOLDER_LAYOUT}")
     base = Path(root).expanduser()
     if not base.exists():
-        raise KDLabError(f"imagefolder: root {str(base)!r} does not exist (expected the layout {FOLDER_LAYOUT})")
+        raise KDLabError(
+            f"imagefolder: root {str(base)!r} does not exist (expected the layout {FOLDER_LAYOUT}); "
+            "point at it with data.kwargs.root=PATH"
+        )
     archives = [] if (base / "train").is_dir() else find_archives(base)
     options = {"image_size": image_size, "channels": channels, "resize": resize}
     if archives:
