@@ -42,15 +42,19 @@ def run_arms(
     workers: int = 2,
     force: bool = False,
     deadline: float | None = None,
+    homes: dict[str, str | Path] | None = None,
 ) -> list[Path]:
-    """The finished run folders; with a ``deadline`` (``time.time()``), runs not started by then are left out."""
+    """The finished run folders; with a ``deadline`` (``time.time()``), runs not started by then are left out.
+    ``homes`` puts an arm's runs under another folder than ``out`` (label -> folder): an arm shared by several
+    tables, with the same recipe in each, then trains once."""
     from kdlab.engine.run import load_teacher
     from kdlab.recipe import load_recipe
 
     jobs = []
     for label, (files, overrides) in arms.items():
         for seed in seeds:
-            jobs.append((files, [*overrides, f"name={label}", f"out={out}", f"seed={seed}"], force, deadline))
+            home = (homes or {}).get(label, out)
+            jobs.append((files, [*overrides, f"name={label}", f"out={home}", f"seed={seed}"], force, deadline))
     # Teachers first, sequentially, so that two workers never train the same teacher at once.
     seen = set()
     for files, overrides, *_ in jobs:

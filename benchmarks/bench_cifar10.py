@@ -211,7 +211,9 @@ def main() -> None:
     for name in names:
         arms = {k: (f, [*common, *o]) for k, (f, o) in tables(prof.epochs, prof.teachers)[name].items()}
         started = time.time()
-        dirs = run_arms(arms, seeds, f"{out}/{name}", workers=workers, force=a.force, deadline=deadline)
+        # the plain CE and KD arms are the same runs in every table: trained once, under pilot/
+        homes = {k: f"{out}/pilot" for k in ("ce", "kd") if k in arms}
+        dirs = run_arms(arms, seeds, f"{out}/{name}", workers=workers, force=a.force, deadline=deadline, homes=homes)
         if not dirs:
             print(f"{name}: no run finished within the budget")
             continue
