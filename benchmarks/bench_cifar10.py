@@ -51,6 +51,8 @@ def tables(epochs: int, teachers: str) -> dict[str, dict[str, tuple[list[str], l
             "ce": method("ce"),
             "kd": method("kd"),
             "dkd": method("dkd"),
+            # DKD's 20-epoch warm-up is 1/12 of mdistiller's 240 epochs but longer than this whole schedule
+            "dkd_warmup2": method("dkd", "objective.dkd.warmup=2"),
             "crd": method("crd"),
             "fitnet": method("fitnet", *fitnet),
             "at": method("at"),
