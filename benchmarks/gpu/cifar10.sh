@@ -8,20 +8,7 @@
 # Dry run on a CPU:  PYTHON=.venv/bin/python bash benchmarks/gpu/cifar10.sh --profile smoke --workers 2
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-benchmarks/gpu/out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-if ! "$PY" -c "import pydantic" 2>/dev/null; then  # the GPU image has torch but not pydantic
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      || { echo "installing the carried wheels failed"; exit 1; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  else
-    echo "pydantic is missing and no wheels were carried in .whl/ (benchmarks/gpu/README.md)"; exit 1
-  fi
-fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-export KDLAB_CACHE=${KDLAB_CACHE:-/tmp/kdlab-gpu-check-cache}
+source benchmarks/gpu/env.sh  # $OUT, $PY, the carried wheels, src/ on the path
 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" \
   | tee "$OUT/cifar10.log"
 timeout 530 "$PY" benchmarks/bench_cifar10.py --profile gpu --data data/cifar10-jpeg --budget-s "${BUDGET_S:-400}" \
