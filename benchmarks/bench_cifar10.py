@@ -47,6 +47,7 @@ def tables(epochs: int, teachers: str, templates: int = 4096) -> dict[str, dict[
     k1, k2 = f"student.insert.0.kwargs.templates={templates}", f"student.insert.1.kwargs.templates={templates}"
     hint = max(1, epochs // 4)  # FitNet's hint stage: a quarter of the schedule, then KD
     fitnet = [f"stages.0.epochs={hint}", f"stages.0.schedule.epochs={hint}"]
+    kd_milestones = [f"schedule.milestones=[{hint + round(epochs * 0.6)},{hint + round(epochs * 0.8)}]"]
     t = {
         "pilot": {"ce": method("ce"), "kd": method("kd")},
         "catalogue": {
@@ -57,6 +58,8 @@ def tables(epochs: int, teachers: str, templates: int = 4096) -> dict[str, dict[
             "dkd_warmup2": method("dkd", "objective.dkd.warmup=2"),
             "crd": method("crd"),
             "fitnet": method("fitnet", *fitnet),
+            # FitNet's epochs (hint + 15) as plain KD, decays at the same epochs: separates the hint from the time
+            "kd_fitnet_epochs": method("kd", f"schedule.epochs={epochs + hint}", *kd_milestones),
             "at": method("at"),
             "sp": method("sp"),
             "rkd": method("rkd"),
