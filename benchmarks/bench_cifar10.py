@@ -8,7 +8,8 @@ views of each training image), built once and read by every KD-type run and seed
 Tables (``--tables``, all by default):
 
   pilot         CE and KD: KD's gain must exceed the seed spread before the rest is worth running
-  catalogue     CE, KD, DKD, CRD, FitNet, AT, SP, RKD, DML, BSS
+  catalogue     CE, KD, DKD, CRD, FitNet, AT, SP, RKD, DML, BSS; controls: DKD's warm-up scaled to the schedule,
+                KD trained for FitNet's epochs
   augmentation  CE and KD at x1 and x2 schedules; KD + TLmixup, TLCutMix, CutMixPick (teacher entropy) and the
                 random-pick control from the same pool
   backward      KD + backward-pass samples against the random-direction control (same passes)
