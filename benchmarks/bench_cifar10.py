@@ -41,13 +41,14 @@ def method(name: str, *over: str) -> tuple[list[str], list[str]]:
     return [PAIR, M.format(name)], list(over)
 
 
-def tables(epochs: int, teachers: str, templates: int = 4096) -> dict[str, dict[str, tuple[list[str], list[str]]]]:
+def tables(epochs: int, teachers: str, templates: int) -> dict[str, dict[str, tuple[list[str], list[str]]]]:
     pick = "views=[{name: cutmix_pick, criterion: %s, m: 2}]"
     x2 = "schedule.multiplier=2"
     # letKD's penultimate layer: K templates (insert 0 in letKD-1, insert 1 in letKD-2, after the intermediate one)
     k1, k2 = f"student.insert.0.kwargs.templates={templates}", f"student.insert.1.kwargs.templates={templates}"
     hint = max(1, epochs // 4)  # FitNet's hint stage: a quarter of the schedule, then KD
     fitnet = [f"stages.0.epochs={hint}", f"stages.0.schedule.epochs={hint}"]
+    # the cpu and gpu profiles decay at 60 % and 80 % of the student's schedule; shifted by the hint stage
     kd_milestones = [f"schedule.milestones=[{hint + round(epochs * 0.6)},{hint + round(epochs * 0.8)}]"]
     t = {
         "pilot": {"ce": method("ce"), "kd": method("kd")},
